@@ -1,0 +1,64 @@
+import createError from '@fastify/error'
+
+/**
+ * Close codes this plugin sends, from RFC 6455 section 7.4.1 and the IANA registry.
+ * Clients can switch on these to decide whether to reconnect.
+ */
+export const CloseCode = Object.freeze({
+  /** The purpose of the connection was fulfilled. */
+  NORMAL: 1000,
+  /** The server is going away (shutdown) or the peer timed out or idled. */
+  GOING_AWAY: 1001,
+  /** The peer broke the WebSocket protocol. */
+  PROTOCOL_ERROR: 1002,
+  /** A message was not valid for its type (bad UTF-8, malformed JSON, repeated schema failures). */
+  INVALID_PAYLOAD: 1007,
+  /** The peer broke a policy: expired token, rate limit, user connection limit. */
+  POLICY_VIOLATION: 1008,
+  /** A message was larger than the frame size limit. */
+  MESSAGE_TOO_BIG: 1009,
+  /** The server failed while handling the connection (a handler or listener threw). */
+  INTERNAL_ERROR: 1011,
+  /** The server is restarting; reconnect after a short delay. */
+  SERVICE_RESTART: 1012,
+  /** The server is overloaded or the peer reads too slowly; reconnect later. */
+  TRY_AGAIN_LATER: 1013
+} as const)
+
+/** One of the named close codes. */
+export type CloseCodeValue = typeof CloseCode[keyof typeof CloseCode]
+
+/**
+ * Whether a code may be sent in a close frame: RFC 6455 forbids 1004, 1005, 1006 and 1015,
+ * and codes below 1000 or from 1016 to 2999 are unassigned.
+ */
+export function isSendableCloseCode (code: unknown): code is number {
+  return typeof code === 'number' && Number.isInteger(code) &&
+    ((code >= 1000 && code <= 1014 && code !== 1004 && code !== 1005 && code !== 1006) ||
+      (code >= 3000 && code <= 4999))
+}
+
+/**
+ * Every coded error the plugin throws. The keys equal the codes; test/errors.test.ts checks
+ * that each one is documented in the README.
+ */
+export const errors = {
+  /** An option has the wrong type or is out of range. */
+  FST_WSM_OPTION_INVALID: createError<[string, string]>(
+    'FST_WSM_OPTION_INVALID', 'Invalid fastify-ws-manager option "%s": %s', 500, TypeError),
+  /** An environment variable read by loadConfig() has a value that is not allowed. */
+  FST_WSM_ENV_INVALID: createError<[string, string, string]>(
+    'FST_WSM_ENV_INVALID', 'Invalid environment variable %s=%s: %s', 500, TypeError),
+  /** @fastify/websocket was registered by the application as well as by this plugin. */
+  FST_WSM_WEBSOCKET_REGISTERED: createError(
+    'FST_WSM_WEBSOCKET_REGISTERED',
+    '@fastify/websocket is already registered: fastify-ws-manager registers it itself with the options it derives, so remove your own app.register(@fastify/websocket)',
+    500),
+  /** A close was asked for with a code that RFC 6455 does not allow in a close frame. */
+  FST_WSM_CLOSE_CODE_INVALID: createError<[string]>(
+    'FST_WSM_CLOSE_CODE_INVALID',
+    'Close code %s cannot be sent: use 1000-1003, 1007-1014 or 3000-4999', 500, RangeError)
+} as const
+
+/** The codes of every error in {@link errors}. */
+export type ErrorCode = keyof typeof errors

@@ -1,0 +1,122 @@
+import type { IncomingMessage } from 'node:http'
+import type { Duplex } from 'node:stream'
+import type { FastifyInstance, FastifyRequest, RouteOptions } from 'fastify'
+import fp from 'fastify-plugin'
+import websocket, { type WebsocketHandler } from '@fastify/websocket'
+import type WebSocket from 'ws'
+import { errors } from './errors'
+import { WsManager } from './manager'
+import { normalizeOptions, type WsManagerOptions } from './options'
+import { ManagedWebSocket } from './socket'
+
+const SHUTDOWN_BODY = JSON.stringify({ statusCode: 503, error: 'Service Unavailable', message: 'Server is shutting down' })
+const SHUTDOWN_RESPONSE = 'HTTP/1.1 503 Service Unavailable\r\n' +
+  'Connection: close\r\n' +
+  'Content-Type: application/json; charset=utf-8\r\n' +
+  `Content-Length: ${Buffer.byteLength(SHUTDOWN_BODY)}\r\n` +
+  'Retry-After: 1\r\n\r\n' + SHUTDOWN_BODY
+
+// During shutdown the upgrade never reaches Fastify's router: its own 503 path writes to
+// the socket but leaves the detached upgrade socket open, one file descriptor per request.
+function refuseUpgrade (_request: IncomingMessage, socket: Duplex): void {
+  socket.on('error', destroySelf)
+  socket.end(SHUTDOWN_RESPONSE, () => socket.destroy())
+}
+
+function destroySelf (this: Duplex): void {
+  this.destroy()
+}
+
+function isWebSocketRoute (routeOptions: RouteOptions): boolean {
+  const methods = Array.isArray(routeOptions.method) ? routeOptions.method : [routeOptions.method]
+  // Fastify adds a HEAD route for each GET route; a HEAD request cannot be upgraded.
+  return !methods.every((method) => method === 'HEAD')
+}
+
+async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOptions): Promise<void> {
+  const options = normalizeOptions(input)
+  if (fastify.hasDecorator('websocketServer') || fastify.hasPlugin('@fastify/websocket')) {
+    throw new errors.FST_WSM_WEBSOCKET_REGISTERED()
+  }
+
+  const manager = new WsManager(options)
+  fastify.decorate('wsManager', manager)
+  fastify.decorateRequest('wsConnection', null)
+
+  function wrap (handler: WebsocketHandler, route: string): WebsocketHandler {
+    return function managedHandler (this: FastifyInstance, socket: WebSocket, request: FastifyRequest) {
+      const connection = manager.accept(socket as ManagedWebSocket, request, route)
+      if (manager.shuttingDown) {
+        // The upgrade passed routing just before shutdown began; it gets the shutdown code too.
+        connection.close(options.close.shutdownCode, options.close.shutdownReason).catch(noop)
+        return
+      }
+      let result
+      try {
+        result = handler.call(this, socket, request)
+      } catch (err) {
+        connection.fail(err, 'handler')
+        return
+      }
+      if (result !== undefined && result !== null && typeof result.then === 'function') {
+        result.then(undefined, (err: unknown) => connection.fail(err, 'handler'))
+      }
+    }
+  }
+
+  // Added before @fastify/websocket registers, so this hook runs first and wraps the
+  // application's handler before @fastify/websocket moves it aside.
+  fastify.addHook('onRoute', (routeOptions) => {
+    const route = routeOptions.url
+    if (routeOptions.websocket === true && isWebSocketRoute(routeOptions)) {
+      routeOptions.handler = wrap(routeOptions.handler as unknown as WebsocketHandler, route) as unknown as RouteOptions['handler']
+    } else if (typeof routeOptions.wsHandler === 'function' && isWebSocketRoute(routeOptions)) {
+      routeOptions.wsHandler = wrap(routeOptions.wsHandler as WebsocketHandler, route) as typeof routeOptions.wsHandler
+    }
+  })
+
+  const listenServer = fastify.server
+  const upgradeListenersBefore = new Set(listenServer.listeners('upgrade'))
+  await fastify.register(websocket, {
+    options: {
+      WebSocket: ManagedWebSocket as unknown as typeof WebSocket.WebSocket,
+      maxPayload: 1024 * 1024,
+      perMessageDeflate: false,
+      // ws 8.18+ bounds its own close handshakes (protocol errors, 1009) with this.
+      ...({ closeTimeout: options.close.timeout })
+    },
+    // Errors of the application's handler never get here: the wrapper above contains them.
+    // What comes is an 'error' event of the socket, after which ws closes it with the right code.
+    errorHandler (error, socket, request) {
+      const connection = (socket as ManagedWebSocket).connection
+      const log = connection === null ? request.log : connection.log
+      log.warn({ err: error }, 'connection error')
+    },
+    async preClose () {
+      for (const listener of listenServer.listeners('upgrade')) {
+        if (!upgradeListenersBefore.has(listener)) {
+          listenServer.removeListener('upgrade', listener as (...args: unknown[]) => void)
+        }
+      }
+      listenServer.on('upgrade', refuseUpgrade)
+      await manager.shutdown()
+      await new Promise<void>((resolve) => fastify.websocketServer.close(() => resolve()))
+    }
+  })
+
+  fastify.addHook('onClose', (_instance, done) => {
+    listenServer.removeListener('upgrade', refuseUpgrade)
+    done()
+  })
+}
+
+function noop (): void {}
+
+/**
+ * The plugin: registers @fastify/websocket with derived ws options and makes every socket of
+ * a `{ websocket: true }` route a managed connection.
+ */
+export const wsManager = fp(wsManagerPlugin, {
+  fastify: '5.x',
+  name: 'fastify-ws-manager'
+})

@@ -1,0 +1,94 @@
+import { Writable } from 'node:stream'
+import type { TestContext } from 'node:test'
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import WebSocket, { type ClientOptions } from 'ws'
+import wsManager, { type WsManagerOptions } from '../lib/index'
+
+/** Every log line the app wrote, parsed. */
+export type LogLine = Record<string, unknown> & { msg?: string, level: number }
+
+/** A log sink to hand to Fastify's logger, with the lines it saw. */
+export function logCapture (): { stream: Writable, lines: LogLine[], text: () => string } {
+  const lines: LogLine[] = []
+  let raw = ''
+  const stream = new Writable({
+    write (chunk: Buffer, _enc, cb) {
+      const s = chunk.toString()
+      raw += s
+      for (const line of s.split('\n')) if (line !== '') lines.push(JSON.parse(line) as LogLine)
+      cb()
+    }
+  })
+  return { stream, lines, text: () => raw }
+}
+
+export interface BuildOptions {
+  fastify?: FastifyServerOptions
+  /** Registered before the routes; may register @fastify/jwt and others. */
+  before?: (app: FastifyInstance) => Promise<void> | void
+}
+
+/** An app with the plugin registered, closed in t.after. */
+export async function build (t: TestContext, options: WsManagerOptions = {}, extra: BuildOptions = {}): Promise<FastifyInstance> {
+  const app = Fastify(extra.fastify ?? { logger: false })
+  t.after(() => app.close())
+  if (extra.before !== undefined) await extra.before(app)
+  await app.register(wsManager, options)
+  return app
+}
+
+/** Starts the app on an ephemeral loopback port and returns its ws:// base URL. */
+export async function listen (app: FastifyInstance): Promise<string> {
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const address = app.server.address()
+  if (address === null || typeof address === 'string') throw new Error('no address')
+  return `ws://127.0.0.1:${address.port}`
+}
+
+/** Opens a real client; it is terminated when the test ends. */
+export async function connect (t: TestContext, url: string, options: ClientOptions & { protocols?: string[] } = {}): Promise<WebSocket> {
+  const { protocols, ...rest } = options
+  const ws = new WebSocket(url, protocols, rest)
+  t.after(() => ws.terminate())
+  await new Promise<void>((resolve, reject) => {
+    ws.once('open', resolve)
+    ws.once('error', reject)
+    ws.once('unexpected-response', (_req, res) => reject(new Error(`unexpected response ${res.statusCode}`)))
+  })
+  return ws
+}
+
+/** Resolves with the close code and reason a client sees, or rejects after `ms`. */
+export function closed (ws: WebSocket, ms = 5000): Promise<{ code: number, reason: string }> {
+  return new Promise((resolve, reject) => {
+    if (ws.readyState === WebSocket.CLOSED) {
+      reject(new Error('already closed'))
+      return
+    }
+    const timer = setTimeout(() => reject(new Error(`no close within ${ms} ms`)), ms)
+    ws.once('close', (code, reason) => {
+      clearTimeout(timer)
+      resolve({ code, reason: reason.toString() })
+    })
+  })
+}
+
+/** Waits until `predicate` holds, polling every 5 ms, or rejects after `ms`. */
+export async function waitFor (predicate: () => boolean, ms = 5000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + ms
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 5))
+  }
+}
+
+/** The next message a client receives, as a string, or a rejection after `ms`. */
+export function nextMessage (ws: WebSocket, ms = 5000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no message within ${ms} ms`)), ms)
+    ws.once('message', (data) => {
+      clearTimeout(timer)
+      resolve(data.toString())
+    })
+  })
+}
