@@ -15,10 +15,12 @@ export type { CloseInitiator } from './socket'
 export { CloseCode, errors, isSendableCloseCode } from './errors'
 export type { CloseCodeValue, ErrorCode } from './errors'
 export { DEFAULTS, normalizeOptions } from './options'
+export { loadConfig } from './config'
+export type { ServerConfig } from './config'
 export type { WsManagerOptions, ResolvedOptions, CloseOptions } from './options'
 
 export default wsManager
 
 // CommonJS callers expect require('fastify-ws-manager') to give the plugin itself, as other
 // Fastify plugins do; the named exports stay reachable on it and ESM imports keep working.
-module.exports = Object.assign(wsManager, exports)
+module.exports = Object.assign(wsManager, module.exports)

@@ -92,3 +92,49 @@ export function nextMessage (ws: WebSocket, ms = 5000): Promise<string> {
     })
   })
 }
+
+/**
+ * Completes a WebSocket upgrade over a raw TCP socket and then never reads or answers again:
+ * the unresponsive peer (a frozen tab, a dead NAT mapping) that close timeouts exist for.
+ */
+export async function rawPeer (t: TestContext, url: string, path = '/ws'): Promise<import('node:net').Socket> {
+  const { connect: netConnect } = await import('node:net')
+  const { port, hostname } = new URL(url)
+  const socket = netConnect({ port: Number(port), host: hostname })
+  t.after(() => socket.destroy())
+  socket.on('error', () => {})
+  await new Promise<void>((resolve, reject) => {
+    let head = ''
+    const onData = (chunk: Buffer): void => {
+      head += chunk.toString('latin1')
+      if (head.includes('\r\n\r\n')) {
+        socket.removeListener('data', onData)
+        if (!head.startsWith('HTTP/1.1 101')) reject(new Error(head.split('\r\n')[0]))
+        else {
+          socket.pause()
+          resolve()
+        }
+      }
+    }
+    socket.on('data', onData)
+    socket.once('connect', () => {
+      socket.write(`GET ${path} HTTP/1.1\r\nHost: ${hostname}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+        'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n')
+    })
+    socket.once('close', () => reject(new Error('closed before upgrade')))
+  })
+  return socket
+}
+
+/** Resolves once a raw socket is closed by the other side, or rejects after `ms`. */
+export function socketClosed (socket: import('node:net').Socket, ms = 5000): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (socket.destroyed) return resolve()
+    const timer = setTimeout(() => reject(new Error(`socket still open after ${ms} ms`)), ms)
+    socket.once('close', () => {
+      clearTimeout(timer)
+      resolve()
+    })
+    socket.resume()
+  })
+}

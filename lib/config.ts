@@ -1,0 +1,96 @@
+import { errors, isSendableCloseCode } from './errors'
+import type { WsManagerOptions } from './options'
+
+/** What `loadConfig()` reads from the environment: the reference server's settings and the plugin's options. */
+export interface ServerConfig {
+  /** Env WEBSOCKET_PORT. @default 3001 */
+  port: number
+  /** Env HOST. @default '127.0.0.1' */
+  host: string
+  /** Env WEBSOCKET_PATH. @default '/ws' */
+  path: string
+  /** Milliseconds a client may take to send its request headers (slow-headers defence). Env HEADERS_TIMEOUT. @default 10000 */
+  headersTimeout: number
+  /** Milliseconds a client may take to send a whole HTTP request. Env REQUEST_TIMEOUT. @default 30000 */
+  requestTimeout: number
+  /** Env LOG_LEVEL. @default 'info' */
+  logLevel: string
+  /** The plugin's options. */
+  options: WsManagerOptions
+}
+
+type Env = Record<string, string | undefined>
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
+
+/** Reads typed values from the environment; every bad value names its variable. */
+class EnvReader {
+  readonly #env: Env
+
+  constructor (env: Env) {
+    this.#env = env
+  }
+
+  has (name: string): boolean {
+    const value = this.#env[name]
+    return value !== undefined && value !== ''
+  }
+
+  int (name: string, fallback: number, min: number, max: number): number {
+    if (!this.has(name)) return fallback
+    const raw = this.#env[name] as string
+    const value = /^\d+$/.test(raw.trim()) ? Number(raw.trim()) : NaN
+    if (!Number.isSafeInteger(value) || value < min || value > max) {
+      throw new errors.FST_WSM_ENV_INVALID(name, JSON.stringify(raw), `expected an integer from ${min} to ${max}`)
+    }
+    return value
+  }
+
+  bool (name: string, fallback: boolean): boolean {
+    if (!this.has(name)) return fallback
+    const raw = (this.#env[name] as string).trim().toLowerCase()
+    if (raw === 'true' || raw === '1' || raw === 'yes') return true
+    if (raw === 'false' || raw === '0' || raw === 'no') return false
+    throw new errors.FST_WSM_ENV_INVALID(name, JSON.stringify(this.#env[name]), 'expected true or false')
+  }
+
+  string (name: string, fallback: string, check?: (value: string) => string | null): string {
+    if (!this.has(name)) return fallback
+    const value = (this.#env[name] as string).trim()
+    const problem = check === undefined ? null : check(value)
+    if (problem !== null) throw new errors.FST_WSM_ENV_INVALID(name, JSON.stringify(value), problem)
+    return value
+  }
+}
+
+/**
+ * Maps environment variables to the reference server's settings and the plugin's options.
+ * Variables that are unset or empty take the defaults.
+ * @throws FST_WSM_ENV_INVALID naming the variable and what it allows.
+ */
+export function loadConfig (env: Env = process.env): ServerConfig {
+  const read = new EnvReader(env)
+  const options: WsManagerOptions = {
+    close: {
+      timeout: read.int('CLOSE_TIMEOUT', 5000, 1, 600_000),
+      shutdownCode: read.int('SHUTDOWN_CLOSE_CODE', 1001, 1000, 4999)
+    }
+  }
+  if (!isSendableCloseCode(options.close?.shutdownCode)) {
+    throw new errors.FST_WSM_ENV_INVALID('SHUTDOWN_CLOSE_CODE', String(options.close?.shutdownCode), 'expected a close code from 1000-1003, 1007-1014 or 3000-4999')
+  }
+  const headersTimeout = read.int('HEADERS_TIMEOUT', 10_000, 100, 600_000)
+  const requestTimeout = read.int('REQUEST_TIMEOUT', 30_000, 0, 3_600_000)
+  if (requestTimeout !== 0 && requestTimeout < headersTimeout) {
+    throw new errors.FST_WSM_ENV_INVALID('REQUEST_TIMEOUT', String(requestTimeout), `expected 0 or at least HEADERS_TIMEOUT (${headersTimeout})`)
+  }
+  return {
+    port: read.int('WEBSOCKET_PORT', 3001, 0, 65535),
+    host: read.string('HOST', '127.0.0.1'),
+    path: read.string('WEBSOCKET_PATH', '/ws', (v) => v.startsWith('/') ? null : 'expected a path starting with /'),
+    headersTimeout,
+    requestTimeout,
+    logLevel: read.string('LOG_LEVEL', 'info', (v) => LOG_LEVELS.includes(v) ? null : `expected one of ${LOG_LEVELS.join(', ')}`),
+    options
+  }
+}

@@ -1,0 +1,98 @@
+import { test, type TestContext } from 'node:test'
+import assert from 'node:assert/strict'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { readdirSync } from 'node:fs'
+import { connect as netConnect, type Socket } from 'node:net'
+import { join } from 'node:path'
+import { closed, connect, nextMessage, socketClosed, waitFor } from './helper'
+
+const root = join(__dirname, '..')
+
+interface Running { child: ChildProcess, url: string, port: number, exited: Promise<number | null>, output: () => string }
+
+// Runs the reference server the way `npm start` does, in its own process.
+async function start (t: TestContext, env: Record<string, string> = {}): Promise<Running> {
+  const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'examples', 'server.ts')], {
+    cwd: root,
+    env: { ...process.env, WEBSOCKET_PORT: '0', LOG_LEVEL: 'info', ...env },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  let output = ''
+  child.stdout?.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  child.stderr?.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
+  t.after(() => { if (child.exitCode === null) child.kill('SIGKILL') })
+  await waitFor(() => /listening at http:\/\/127\.0\.0\.1:\d+/.test(output) || child.exitCode !== null, 20_000, 'server to listen')
+  const match = /listening at http:\/\/127\.0\.0\.1:(\d+)/.exec(output)
+  if (match === null) throw new Error(`server did not start:\n${output}`)
+  const port = Number(match[1])
+  return { child, url: `ws://127.0.0.1:${port}`, port, exited, output: () => output }
+}
+
+function openFds (pid: number): number {
+  return readdirSync(`/proc/${pid}/fd`).length
+}
+
+function rawConnect (t: TestContext, port: number): Promise<Socket> {
+  const socket = netConnect({ port, host: '127.0.0.1' })
+  t.after(() => socket.destroy())
+  socket.on('error', () => {})
+  return new Promise((resolve) => socket.once('connect', () => resolve(socket)))
+}
+
+test('the reference server echoes, broadcasts, reports health and closes with 1001 on SIGTERM', async (t) => {
+  const server = await start(t)
+  const a = await connect(t, server.url + '/ws')
+  assert.equal(JSON.parse(await nextMessage(a)).type, 'welcome')
+  const b = await connect(t, server.url + '/ws')
+  await nextMessage(b)
+  a.send('echo me')
+  assert.equal(await nextMessage(a), 'echo me')
+  const toB = nextMessage(b)
+  a.send('broadcast:hello all')
+  assert.equal(await toB, 'hello all')
+  const health = await (await fetch(`http://127.0.0.1:${server.port}/health`)).json() as { activeConnections: number }
+  assert.equal(health.activeConnections, 2)
+
+  const seen = [closed(a), closed(b)]
+  server.child.kill('SIGTERM')
+  for (const result of await Promise.all(seen)) assert.deepEqual(result, { code: 1001, reason: 'Server shutting down' })
+  assert.equal(await server.exited, 0)
+})
+
+test('a client that sends its upgrade one header line at a time is cut off within seconds', async (t) => {
+  const server = await start(t, { HEADERS_TIMEOUT: '1000', REQUEST_TIMEOUT: '2000' })
+  const slow = await rawConnect(t, server.port)
+  const started = Date.now()
+  slow.write('GET /ws HTTP/1.1\r\n')
+  const lines = ['Host: 127.0.0.1', 'Upgrade: websocket', 'Connection: Upgrade', 'Sec-WebSocket-Version: 13',
+    'X-Padding-1: a', 'X-Padding-2: b', 'X-Padding-3: c', 'X-Padding-4: d', 'X-Padding-5: e', 'X-Padding-6: f']
+  const trickle = setInterval(() => {
+    const line = lines.shift()
+    if (line !== undefined && !slow.destroyed) slow.write(line + '\r\n')
+  }, 300)
+  t.after(() => clearInterval(trickle))
+  await socketClosed(slow, 4000)
+  const elapsed = Date.now() - started
+  clearInterval(trickle)
+  assert.ok(elapsed < 3500, `cut off after ${elapsed} ms`)
+  assert.ok(lines.length > 0, 'the server waited for every header line')
+})
+
+test('rejected upgrades leave no file descriptor behind', async (t) => {
+  const server = await start(t)
+  const pid = server.child.pid as number
+  // Warm up: the first requests open lazily loaded files.
+  await fetch(`http://127.0.0.1:${server.port}/health`)
+  const before = openFds(pid)
+  const clients: Socket[] = []
+  for (let i = 0; i < 40; i++) {
+    const socket = await rawConnect(t, server.port)
+    // Not a websocket route: 404, and the client never closes its side.
+    socket.write('GET /nope HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+      'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n')
+    clients.push(socket)
+  }
+  await Promise.all(clients.map((socket) => socketClosed(socket, 3000)))
+  await waitFor(() => openFds(pid) <= before + 2, 3000, 'server fds to be released')
+})
