@@ -1,16 +1,23 @@
 import { randomUUID } from 'node:crypto'
-import type { FastifyRequest } from 'fastify'
+import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
+import type WebSocket from 'ws'
 import { GracefulCloseManager, type CloseRequest, type CloseResult, type CloseStats } from './close'
-import { Connection, type ConnectionHost } from './connection'
-import type { ResolvedOptions } from './options'
+import { CompressionManager, type CompressionStats } from './compression'
+import { Connection, type ConnectionHost, type MessageHook, type RouteSettings } from './connection'
+import { DeliveryCounters, prepare, type DeliveryStats, type Sendable, type SendResult } from './delivery'
+import { CloseCode } from './errors'
+import { FrameSizeValidator, type FrameSizeStats } from './frame-size'
+import { HeartbeatManager, type HeartbeatManagerStats } from './heartbeat'
+import type { ResolvedOptions, ResolvedRouteConfig } from './options'
 import { LocalConnectionRegistry, type ConnectionRegistry } from './registry'
+import type { MessageRouter } from './router'
 import { kAttach, type ManagedWebSocket } from './socket'
 
 /** What `checkConnectionHealth()` resolves with. */
 export interface HealthReport {
   /** Open connections. */
   activeConnections: number
-  /** Open connections with no missed pong outstanding. */
+  /** Open connections with no missed pong outstanding (all of them where heartbeat is off). */
   healthyConnections: number
   /** Open connections with at least one missed pong. */
   unhealthyConnections: number
@@ -26,35 +33,100 @@ export interface ConnectionStats {
   opened: number
   /** Closed since the plugin started. */
   closed: number
+  /** Closed by the idle timeout. */
+  idleClosed: number
+  /** Closed because the heartbeat found them dead. */
+  heartbeatClosed: number
 }
 
 /** One snapshot of every component's statistics, from `fastify.wsManager.stats()`. */
 export interface WsManagerStats {
   connections: ConnectionStats
   close: CloseStats
+  heartbeat: HeartbeatManagerStats
+  frames: FrameSizeStats
+  compression: CompressionStats
+  delivery: DeliveryStats
+}
+
+/** Which connections `broadcast()` reaches. */
+export interface BroadcastOptions {
+  /** Only connections of this route (its URL pattern). */
+  route?: string
+  /** Only connections for which this returns true. */
+  filter?: (connection: Connection) => boolean
+}
+
+/** How `disconnectUser()` closes. */
+export interface DisconnectOptions {
+  /** @default 1000 */
+  code?: number
+  /** @default 'Disconnected' */
+  reason?: string
+  /** @default the close timeout */
+  timeout?: number
+}
+
+// Per received message: frame-size warning threshold, compression statistics, then the
+// route's router. One object per route, built at route registration.
+class RouteHook implements MessageHook {
+  readonly #frames: FrameSizeValidator
+  readonly #compression: CompressionManager | null
+  readonly #router: MessageRouter | null
+
+  constructor (frames: FrameSizeValidator, compression: CompressionManager | null, router: MessageRouter | null) {
+    this.#frames = frames
+    this.#compression = compression
+    this.#router = router
+  }
+
+  onMessage (connection: Connection, data: WebSocket.RawData, isBinary: boolean, size: number): boolean {
+    this.#frames.observe(size, connection.userId, connection.id)
+    if (this.#compression !== null && connection.compressing) this.#compression.recordReceived(connection.socket, size)
+    return this.#router === null || this.#router.onMessage(connection, data, isBinary)
+  }
 }
 
 /**
  * The object decorated as `fastify.wsManager`: the registry, the components, and the
- * operations over all connections.
+ * operations over all connections. Every operation over many connections returns a
+ * promise, so a cluster backend can reach other servers without changing the signatures.
  */
 export class WsManager implements ConnectionHost {
   /** The open connections, by id, user and route. */
   readonly connections: ConnectionRegistry
   /** The close manager every close goes through. */
   readonly closer: GracefulCloseManager
+  /** Ping/pong liveness of every connection. */
+  readonly heartbeat: HeartbeatManager
+  /** Message size limits and their statistics. */
+  readonly frames: FrameSizeValidator
+  /** permessage-deflate settings and statistics. */
+  readonly compression: CompressionManager
+  /** Backpressure counters. */
+  readonly delivery = new DeliveryCounters()
   /** The validated options in force. */
   readonly options: ResolvedOptions
   readonly #registry: LocalConnectionRegistry
+  readonly #log: FastifyBaseLogger
   #shuttingDown = false
   #opened = 0
   #closed = 0
+  #idleClosed = 0
+  #heartbeatClosed = 0
+  #idleTimer: NodeJS.Timeout | null = null
+  #idleSweepMs = 1000
 
-  constructor (options: ResolvedOptions) {
+  constructor (options: ResolvedOptions, log: FastifyBaseLogger) {
     this.options = options
+    this.#log = log
     this.#registry = new LocalConnectionRegistry()
     this.connections = this.#registry
     this.closer = new GracefulCloseManager({ timeout: options.close.timeout })
+    const base = options.heartbeat === false ? undefined : options.heartbeat
+    this.heartbeat = new HeartbeatManager(base === undefined ? {} : { ...base, maxDetectionTime: base.maxDetectionTime ?? undefined })
+    this.frames = new FrameSizeValidator({ ...options.frameSize, log })
+    this.compression = new CompressionManager({ ...options.compression, log })
   }
 
   /** True once the application started closing; new upgrades are refused with 503. */
@@ -67,10 +139,58 @@ export class WsManager implements ConnectionHost {
     return this.#registry.byUser(userId)
   }
 
-  /** Counts of healthy and unhealthy connections and the mean latency. */
+  /** Counts of healthy and unhealthy connections and the mean latency, from the heartbeat. */
   async checkConnectionHealth (): Promise<HealthReport> {
     const active = this.#registry.size
-    return { activeConnections: active, healthyConnections: active, unhealthyConnections: 0, averageLatency: null }
+    const hb = this.heartbeat.getStats()
+    return {
+      activeConnections: active,
+      healthyConnections: active - hb.unhealthy,
+      unhealthyConnections: hb.unhealthy,
+      averageLatency: hb.averageLatency
+    }
+  }
+
+  /**
+   * Sends to every open connection of one user on this server.
+   * Resolves with how many connections got it (dropped or closed by backpressure do not count).
+   */
+  async sendToUser (userId: string, data: Sendable): Promise<number> {
+    return this.#fanOut(this.#registry.byUser(userId), data, undefined)
+  }
+
+  /**
+   * Sends to every open connection, or those of a route, or those passing a filter.
+   * The value is serialized once and the same buffer goes to every socket; the backpressure
+   * policy applies per connection. Resolves with how many got it.
+   */
+  async broadcast (data: Sendable, options: BroadcastOptions = {}): Promise<number> {
+    const targets = options.route === undefined ? this.#registry : this.#registry.byRoute(options.route)
+    return this.#fanOut(targets, data, options.filter)
+  }
+
+  /** Closes every connection of a user gracefully; resolves when all are closed. */
+  disconnectUser (userId: string, options: DisconnectOptions = {}): Promise<CloseResult[]> {
+    const code = options.code ?? CloseCode.NORMAL
+    const reason = options.reason ?? 'Disconnected'
+    return Promise.all(this.#registry.byUser(userId).map((c) => c.close(code, reason, options.timeout)))
+  }
+
+  async #fanOut (targets: Iterable<Connection>, data: Sendable, filter: ((c: Connection) => boolean) | undefined): Promise<number> {
+    const prepared = prepare(data)
+    let count = 0
+    let waiting: Array<Promise<SendResult>> | null = null
+    for (const connection of targets) {
+      if (connection.state !== 'open') continue
+      if (filter !== undefined && !filter(connection)) continue
+      const result = connection.deliver(prepared.data as WebSocket.Data, prepared.options)
+      if (result === 'sent') count++
+      else if (typeof result === 'object') (waiting ??= []).push(result)
+    }
+    if (waiting !== null) {
+      for (const result of await Promise.all(waiting)) if (result === 'sent') count++
+    }
+    return count
   }
 
   /**
@@ -78,28 +198,58 @@ export class WsManager implements ConnectionHost {
    * @default code and reason: the `close.shutdownCode` and `close.shutdownReason` options
    */
   closeAll (request: CloseRequest = {}): Promise<CloseResult[]> {
-    const full: CloseRequest = {
-      code: request.code ?? this.options.close.shutdownCode,
-      reason: request.reason ?? this.options.close.shutdownReason,
-      timeout: request.timeout ?? this.options.close.timeout
-    }
+    const code = request.code ?? this.options.close.shutdownCode
+    const reason = request.reason ?? this.options.close.shutdownReason
     const all: Promise<CloseResult>[] = []
-    for (const connection of this.#registry) {
-      all.push(connection.close(full.code, full.reason, full.timeout))
-    }
+    for (const connection of this.#registry) all.push(connection.close(code, reason, request.timeout))
     return Promise.all(all)
   }
 
   /** One snapshot of every component's statistics. */
   stats (): WsManagerStats {
     return {
-      connections: { active: this.#registry.size, opened: this.#opened, closed: this.#closed },
-      close: this.closer.getStats()
+      connections: {
+        active: this.#registry.size,
+        opened: this.#opened,
+        closed: this.#closed,
+        idleClosed: this.#idleClosed,
+        heartbeatClosed: this.#heartbeatClosed
+      },
+      close: this.closer.getStats(),
+      heartbeat: this.heartbeat.getStats(),
+      frames: this.frames.getStats(),
+      compression: this.compression.getStats(),
+      delivery: this.delivery.snapshot()
+    }
+  }
+
+  /** @internal Builds the settings shared by every connection of one route. */
+  routeSettings (config: ResolvedRouteConfig, router: MessageRouter | null): RouteSettings {
+    if (config.idleTimeout > 0) {
+      // The sweep runs at a quarter of the shortest idle timeout: a close comes at most 25% late.
+      this.#idleSweepMs = Math.max(10, Math.min(this.#idleSweepMs, Math.floor(config.idleTimeout / 4)))
+    }
+    const compression = this.compression.settings.enabled ? this.compression : null
+    let heartbeat: RouteSettings['heartbeat'] = false
+    if (config.heartbeat !== false) {
+      const { pingInterval, pongTimeout, maxMissedPongs } = config.heartbeat
+      const base = this.heartbeat.settings
+      // undefined: the manager's own settings, validated once rather than per connection.
+      heartbeat = pingInterval === base.pingInterval && pongTimeout === base.pongTimeout && maxMissedPongs === base.maxMissedPongs
+        ? undefined
+        : { pingInterval, pongTimeout, maxMissedPongs }
+    }
+    return {
+      backpressure: config.backpressure,
+      compressThreshold: compression === null ? -1 : compression.settings.threshold,
+      heartbeat,
+      idleTimeout: config.idleTimeout,
+      messageHook: new RouteHook(this.frames, compression, router)
     }
   }
 
   /** @internal Turns an upgraded socket into a managed connection, registered and logged. */
-  accept (socket: ManagedWebSocket, request: FastifyRequest, route: string): Connection {
+  accept (socket: ManagedWebSocket, request: FastifyRequest, route: string, settings: RouteSettings): Connection {
     const id = randomUUID()
     const userId: string | null = null
     const connection = new Connection(this, {
@@ -109,24 +259,73 @@ export class WsManager implements ConnectionHost {
       remoteAddress: request.ip,
       userId,
       user: null,
-      log: request.log.child({ connectionId: id, userId, route })
+      log: request.log.child({ connectionId: id, userId, route }),
+      settings
     })
     socket[kAttach](connection)
     this.#registry.add(connection)
     this.#opened++
     request.wsConnection = connection
+    if (connection.compressing) this.compression.track(socket)
+    if (settings.heartbeat !== false) {
+      this.heartbeat.startHeartbeat(socket, this.#onHeartbeatTimeout, settings.heartbeat)
+    }
+    if (settings.idleTimeout > 0 && this.#idleTimer === null) {
+      this.#idleTimer = setInterval(this.#sweepIdle, this.#idleSweepMs)
+      this.#idleTimer.unref()
+    }
     connection.log.info({ remoteAddress: connection.remoteAddress }, 'connection opened')
     return connection
+  }
+
+  readonly #onHeartbeatTimeout = (socket: ManagedWebSocket): void => {
+    const connection = socket.connection
+    if (connection === null || connection.state !== 'open') return
+    this.#heartbeatClosed++
+    const stats = this.heartbeat.getHeartbeatStats(socket)
+    connection.log.warn({ missedPongs: stats?.missedPongs ?? null, latency: stats?.latency ?? null }, 'heartbeat timeout')
+    connection.close(CloseCode.GOING_AWAY, 'Connection timeout').catch(noop)
+  }
+
+  readonly #sweepIdle = (): void => {
+    const now = Date.now()
+    for (const connection of this.#registry) {
+      const idle = connection.settings.idleTimeout
+      if (idle > 0 && connection.state === 'open' && now - connection.lastActivityAt >= idle) {
+        this.#idleClosed++
+        connection.log.info({ idleMs: now - connection.lastActivityAt }, 'idle timeout')
+        connection.close(CloseCode.GOING_AWAY, 'Idle timeout').catch(noop)
+      }
+    }
   }
 
   /** @internal The application is closing: refuse upgrades, close everything, wait. */
   async shutdown (): Promise<void> {
     this.#shuttingDown = true
     await this.closeAll()
+    this.heartbeat.stopAll()
+    this.#stopIdleSweep()
   }
 
   /** @internal */
   connectionClosed (connection: Connection): void {
-    if (this.#registry.delete(connection)) this.#closed++
+    if (!this.#registry.delete(connection)) return
+    this.#closed++
+    this.heartbeat.stopHeartbeat(connection.socket)
+    if (this.#registry.size === 0) this.#stopIdleSweep()
+  }
+
+  #stopIdleSweep (): void {
+    if (this.#idleTimer !== null) {
+      clearInterval(this.#idleTimer)
+      this.#idleTimer = null
+    }
+  }
+
+  /** @internal The plugin's logger, for events that belong to no connection. */
+  get log (): FastifyBaseLogger {
+    return this.#log
   }
 }
+
+function noop (): void {}

@@ -4,9 +4,12 @@ import type { FastifyInstance, FastifyRequest, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import websocket, { type WebsocketHandler } from '@fastify/websocket'
 import type WebSocket from 'ws'
+import type { RouteSettings } from './connection'
 import { errors } from './errors'
+import { isFrameSizeError } from './frame-size'
 import { WsManager } from './manager'
-import { normalizeOptions, type WsManagerOptions } from './options'
+import { normalizeOptions, resolveRouteConfig, type WsManagerOptions } from './options'
+import { createAjv, MessageRouter } from './router'
 import { ManagedWebSocket } from './socket'
 
 const SHUTDOWN_BODY = JSON.stringify({ statusCode: 503, error: 'Service Unavailable', message: 'Server is shutting down' })
@@ -39,13 +42,24 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
     throw new errors.FST_WSM_WEBSOCKET_REGISTERED()
   }
 
-  const manager = new WsManager(options)
+  const manager = new WsManager(options, fastify.log)
+  const ajv = createAjv()
   fastify.decorate('wsManager', manager)
   fastify.decorateRequest('wsConnection', null)
 
-  function wrap (handler: WebsocketHandler, route: string): WebsocketHandler {
+  function wrap (handler: WebsocketHandler, route: string, settings: RouteSettings): WebsocketHandler {
     return function managedHandler (this: FastifyInstance, socket: WebSocket, request: FastifyRequest) {
-      const connection = manager.accept(socket as ManagedWebSocket, request, route)
+      let connection
+      try {
+        connection = manager.accept(socket as ManagedWebSocket, request, route, settings)
+      } catch (err) {
+        // Nothing may leave an upgraded socket unmanaged and open.
+        request.log.error({ err }, 'connection setup failed')
+        const managed = (socket as ManagedWebSocket).connection
+        if (managed !== null) managed.fail(err, 'setup')
+        else socket.close(1011, 'Internal error')
+        return
+      }
       if (manager.shuttingDown) {
         // The upgrade passed routing just before shutdown began; it gets the shutdown code too.
         connection.close(options.close.shutdownCode, options.close.shutdownReason).catch(noop)
@@ -67,11 +81,18 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
   // Added before @fastify/websocket registers, so this hook runs first and wraps the
   // application's handler before @fastify/websocket moves it aside.
   fastify.addHook('onRoute', (routeOptions) => {
+    const isWs = routeOptions.websocket === true || typeof routeOptions.wsHandler === 'function'
+    if (!isWs || !isWebSocketRoute(routeOptions)) return
     const route = routeOptions.url
-    if (routeOptions.websocket === true && isWebSocketRoute(routeOptions)) {
-      routeOptions.handler = wrap(routeOptions.handler as unknown as WebsocketHandler, route) as unknown as RouteOptions['handler']
-    } else if (typeof routeOptions.wsHandler === 'function' && isWebSocketRoute(routeOptions)) {
-      routeOptions.wsHandler = wrap(routeOptions.wsHandler as WebsocketHandler, route) as typeof routeOptions.wsHandler
+    const config = resolveRouteConfig((routeOptions.config as { wsManager?: unknown } | undefined)?.wsManager, options, route)
+    const router = config.messages === null
+      ? null
+      : new MessageRouter(config.messages, config.messageErrorLimit, ajv, `config.wsManager.messages (route ${route})`)
+    const settings = manager.routeSettings(config, router)
+    if (routeOptions.websocket === true) {
+      routeOptions.handler = wrap(routeOptions.handler as unknown as WebsocketHandler, route, settings) as unknown as RouteOptions['handler']
+    } else {
+      routeOptions.wsHandler = wrap(routeOptions.wsHandler as WebsocketHandler, route, settings) as typeof routeOptions.wsHandler
     }
   })
 
@@ -80,8 +101,8 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
   await fastify.register(websocket, {
     options: {
       WebSocket: ManagedWebSocket as unknown as typeof WebSocket.WebSocket,
-      maxPayload: 1024 * 1024,
-      perMessageDeflate: false,
+      ...manager.frames.getServerOptions(),
+      perMessageDeflate: manager.compression.getCompressionOptions(),
       // ws 8.18+ bounds its own close handshakes (protocol errors, 1009) with this.
       ...({ closeTimeout: options.close.timeout })
     },
@@ -89,6 +110,15 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
     // What comes is an 'error' event of the socket, after which ws closes it with the right code.
     errorHandler (error, socket, request) {
       const connection = (socket as ManagedWebSocket).connection
+      if (connection !== null && isFrameSizeError(error)) {
+        // The frame-size validator logs the violation itself, with user and connection.
+        manager.frames.recordViolation(connection.userId, connection.id)
+        return
+      }
+      if (connection !== null && connection.compressing && isZlibError(error)) {
+        manager.compression.recordError(socket, error)
+        return
+      }
       const log = connection === null ? request.log : connection.log
       log.warn({ err: error }, 'connection error')
     },
@@ -111,6 +141,11 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
 }
 
 function noop (): void {}
+
+function isZlibError (err: Error): boolean {
+  const code = (err as { code?: unknown }).code
+  return typeof code === 'string' && code.startsWith('Z_')
+}
 
 /**
  * The plugin: registers @fastify/websocket with derived ws options and makes every socket of

@@ -14,6 +14,8 @@ interface SendOptions {
 
 /** Attaches a socket to its connection; a Symbol so it stays off the socket's public surface. */
 export const kAttach = Symbol('fastify-ws-manager.attach')
+/** ws's own send, past the connection's accounting; for the connection only. */
+export const kRawSend = Symbol('fastify-ws-manager.rawSend')
 
 interface WsInternals {
   // ws sets this when the peer's close frame arrives; it tells a client-initiated close
@@ -44,9 +46,15 @@ export class ManagedWebSocket extends WebSocket {
     this.#connection = connection
   }
 
+  // The application's own socket.send() takes the connection's path too: counted, under
+  // the backpressure policy and the compression threshold.
   override send (data: WebSocket.Data, options?: SendOptions | SendCallback, cb?: SendCallback): void {
     const conn = this.#connection
-    if (conn !== null && this.readyState === 1) conn.countSent(data)
+    if (conn === null) super.send(data, options as SendOptions, cb)
+    else conn.transmit(data, options, cb)
+  }
+
+  [kRawSend] (data: WebSocket.Data, options: SendOptions | undefined, cb: SendCallback | undefined): void {
     super.send(data, options as SendOptions, cb)
   }
 
@@ -71,7 +79,7 @@ export class ManagedWebSocket extends WebSocket {
     const conn = this.#connection
     if (conn === null) return super.emit.apply(this, arguments as unknown as [string, ...unknown[]])
     if (event === 'message') {
-      conn.countReceived(a as WebSocket.RawData)
+      if (!conn.received(a as WebSocket.RawData, b as boolean)) return true
     } else if (event === 'close') {
       if (this.#initiator === null) this.#initiator = 'network'
       conn.onSocketClose(a as number, b as Buffer, this.#initiator)

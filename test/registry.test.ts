@@ -134,7 +134,7 @@ test('1,000 connect/disconnect cycles by every way out leave the registry empty 
   }
   await waitFor(() => app.wsManager.connections.size === 0, 5000, 'registry to empty')
   const manager = app.wsManager
-  assert.deepEqual(manager.stats().connections, { active: 0, opened: 1000, closed: 1000 })
+  assert.deepEqual(manager.stats().connections, { active: 0, opened: 1000, closed: 1000, idleClosed: 0, heartbeatClosed: 0 })
   assert.deepEqual((manager.connections as unknown as { indexSizes: () => unknown }).indexSizes(), { users: 0, routes: 0 })
   assert.equal(manager.closer.getClosingCount(), 0)
   await waitFor(() => wss.clients.size === 0, 2000, 'ws client set to empty')
