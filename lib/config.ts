@@ -74,7 +74,39 @@ export function loadConfig (env: Env = process.env): ServerConfig {
     close: {
       timeout: read.int('CLOSE_TIMEOUT', 5000, 1, 600_000),
       shutdownCode: read.int('SHUTDOWN_CLOSE_CODE', 1001, 1000, 4999)
+    },
+    heartbeat: read.bool('HEARTBEAT_ENABLED', true)
+      ? {
+          pingInterval: read.int('PING_INTERVAL', 30_000, 10, 86_400_000),
+          pongTimeout: read.int('PONG_TIMEOUT', 5000, 5, 86_400_000),
+          maxMissedPongs: read.int('MAX_MISSED_PONGS', 3, 1, 100)
+        }
+      : false,
+    idleTimeout: read.int('IDLE_TIMEOUT', 300_000, 0, 2_147_483_647),
+    frameSize: {
+      maxFrameSize: read.int('MAX_FRAME_SIZE', 1_048_576, 1, 1_073_741_824),
+      warnThreshold: read.int('FRAME_WARN_THRESHOLD', 524_288, 1, 1_073_741_824)
+    },
+    compression: read.bool('COMPRESSION_ENABLED', false)
+      ? {
+          level: read.int('COMPRESSION_LEVEL', 6, 0, 9),
+          threshold: read.int('COMPRESSION_THRESHOLD', 1024, 0, 1_073_741_824)
+        }
+      : 'disabled',
+    backpressure: {
+      highWaterMark: read.int('BACKPRESSURE_HIGH_WATER_MARK', 1_048_576, 1024, 1_073_741_824),
+      policy: read.string('BACKPRESSURE_POLICY', 'close', (v) => ['close', 'drop', 'wait'].includes(v) ? null : 'expected close, drop or wait') as 'close' | 'drop' | 'wait'
     }
+  }
+  // Cross-field rules are checked here so the error names a variable, not an option.
+  const hb = options.heartbeat
+  if (hb !== false && hb !== undefined && (hb.pongTimeout as number) >= (hb.pingInterval as number)) {
+    throw new errors.FST_WSM_ENV_INVALID('PONG_TIMEOUT', String(hb.pongTimeout), `expected less than PING_INTERVAL (${String(hb.pingInterval)})`)
+  }
+  const fs = options.frameSize as { maxFrameSize: number, warnThreshold: number }
+  if (!read.has('FRAME_WARN_THRESHOLD')) fs.warnThreshold = Math.max(1, Math.floor(fs.maxFrameSize / 2))
+  else if (fs.warnThreshold > fs.maxFrameSize) {
+    throw new errors.FST_WSM_ENV_INVALID('FRAME_WARN_THRESHOLD', String(fs.warnThreshold), `expected at most MAX_FRAME_SIZE (${fs.maxFrameSize})`)
   }
   if (!isSendableCloseCode(options.close?.shutdownCode)) {
     throw new errors.FST_WSM_ENV_INVALID('SHUTDOWN_CLOSE_CODE', String(options.close?.shutdownCode), 'expected a close code from 1000-1003, 1007-1014 or 3000-4999')

@@ -54,6 +54,11 @@ export const errors = {
     'FST_WSM_WEBSOCKET_REGISTERED',
     '@fastify/websocket is already registered: fastify-ws-manager registers it itself with the options it derives, so remove your own app.register(@fastify/websocket)',
     500),
+  /** Authentication is on but @fastify/jwt is not registered. */
+  FST_WSM_JWT_MISSING: createError(
+    'FST_WSM_JWT_MISSING',
+    'fastify-ws-manager authenticates upgrades with @fastify/jwt: register @fastify/jwt with your secret or keys before it, or pass auth: false',
+    500),
   /** A close was asked for with a code that RFC 6455 does not allow in a close frame. */
   FST_WSM_CLOSE_CODE_INVALID: createError<[string]>(
     'FST_WSM_CLOSE_CODE_INVALID',

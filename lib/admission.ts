@@ -1,0 +1,130 @@
+import type { FastifyReply, FastifyRequest, HookHandlerDoneFunction, onRequestAsyncHookHandler } from 'fastify'
+import { UpgradeRefusal, type AuthResult, type Authenticator } from './auth'
+import type { OriginPolicy } from './limits'
+import type { WsManager } from './manager'
+
+/** Upgrade rate limit: upgrades per user (per IP without auth) per time window. */
+export interface UpgradeRateLimitOptions {
+  /** @default 30 */
+  max: number
+  /** Milliseconds. @default 60000 */
+  timeWindow: number
+}
+
+/** The admission settings of one route. */
+export interface AdmissionSettings {
+  authenticator: Authenticator | null
+  originAllowed: (request: FastifyRequest) => boolean
+  upgradeRateLimit: UpgradeRateLimitOptions | false
+  maxConnections: number
+  maxConnectionsPerUser: number
+  onUserLimit: 'reject' | 'closeOldest'
+}
+
+/** The authenticated identity of an upgrade, kept on the request until the connection exists. */
+export const kAuth = Symbol('fastify-ws-manager.auth')
+
+type RequestWithAuth = FastifyRequest & { [kAuth]?: AuthResult, user?: unknown }
+
+interface RateLimitResult { isAllowed: boolean, ttlInSeconds?: number, max?: number }
+type RateLimiter = (request: FastifyRequest) => Promise<RateLimitResult>
+
+/** @fastify/rate-limit's `createRateLimit` decorator. */
+export type CreateRateLimit = (options: { max: number, timeWindow: number, keyGenerator: (request: FastifyRequest) => string }) => RateLimiter
+
+const ERROR_NAMES: Record<number, string> = {
+  401: 'Unauthorized',
+  403: 'Forbidden',
+  429: 'Too Many Requests',
+  503: 'Service Unavailable'
+}
+
+/** Answers an upgrade with a real HTTP status and a JSON body, never by upgrading and closing. */
+export function refuse (request: FastifyRequest, reply: FastifyReply, refusal: UpgradeRefusal): FastifyReply {
+  request.log.info({ statusCode: refusal.statusCode, reason: refusal.reason }, 'upgrade rejected')
+  return reply
+    .code(refusal.statusCode)
+    .headers(refusal.headers)
+    .send({ statusCode: refusal.statusCode, error: ERROR_NAMES[refusal.statusCode] ?? 'Error', message: refusal.message })
+}
+
+/** What the authenticated identity of an upgrade is, if any. */
+export function authOf (request: FastifyRequest): AuthResult | undefined {
+  return (request as RequestWithAuth)[kAuth]
+}
+
+/**
+ * The route's onRequest hook for upgrades: shutdown, origin, failed-auth budget, token,
+ * then the upgrade rate limit keyed by the authenticated user. Plain HTTP requests to the
+ * route pass untouched.
+ */
+export function createAdmissionHook (manager: WsManager, settings: AdmissionSettings, route: string, limiter: () => RateLimiter | null): onRequestAsyncHookHandler {
+  return async function admitUpgrade (request, reply) {
+    if (!request.ws) return
+    if (manager.shuttingDown) {
+      return refuse(request, reply, new UpgradeRefusal(503, 'Server is shutting down', 'shutting down', { 'retry-after': '1' }))
+    }
+    if (!settings.originAllowed(request)) {
+      return refuse(request, reply, new UpgradeRefusal(403, 'Origin not allowed', `origin ${String(request.headers.origin).slice(0, 200)}`))
+    }
+    if (settings.authenticator !== null) {
+      const result = settings.authenticator.authenticate(request)
+      if (result instanceof UpgradeRefusal) return refuse(request, reply, result)
+      const req = request as RequestWithAuth
+      req[kAuth] = result
+      req.user = result.user
+    }
+    const rateLimit = limiter()
+    if (rateLimit !== null) {
+      const verdict = await rateLimit(request)
+      if (!verdict.isAllowed) {
+        return refuse(request, reply, new UpgradeRefusal(429, 'Too many connection attempts', `upgrade rate limit (${route})`, {
+          'retry-after': String(verdict.ttlInSeconds ?? 1)
+        }))
+      }
+    }
+  }
+}
+
+/**
+ * The route's last preHandler: the connection caps. It runs synchronously just before the
+ * handler upgrades the socket, so no upgrade can slip between the count and the accept.
+ */
+export function createCapsHook (manager: WsManager, settings: AdmissionSettings) {
+  return function checkCaps (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
+    if (!request.ws) return done()
+    const registry = manager.connections
+    if (settings.maxConnections > 0 && registry.size >= settings.maxConnections) {
+      refuse(request, reply, new UpgradeRefusal(503, 'Server is at its connection limit', 'maxConnections', { 'retry-after': '5' }))
+      return
+    }
+    const auth = authOf(request)
+    const max = settings.maxConnectionsPerUser
+    if (max > 0 && auth !== undefined && registry.countByUser(auth.userId) >= max) {
+      // Connections already closing leave room: only open ones count against the cap.
+      const open = registry.byUser(auth.userId).filter((c) => c.state === 'open')
+      if (open.length >= max) {
+        if (settings.onUserLimit === 'reject') {
+          refuse(request, reply, new UpgradeRefusal(429, 'Too many connections for this user', 'maxConnectionsPerUser'))
+          return
+        }
+        open.sort((a, b) => a.connectedAt - b.connectedAt)
+        for (let i = 0; i <= open.length - max; i++) {
+          open[i].log.info('closing oldest connection of user over its limit')
+          open[i].close(1008, 'Connection limit exceeded').catch(() => {})
+        }
+      }
+    }
+    done()
+  }
+}
+
+/** The admission hooks need these; the keying of the upgrade rate limit lives here. */
+export function upgradeRateKey (route: string) {
+  return function keyOf (request: FastifyRequest): string {
+    const auth = authOf(request)
+    return auth === undefined ? `ws:${route}:ip:${request.ip}` : `ws:${route}:user:${auth.userId}`
+  }
+}
+
+export type { OriginPolicy }

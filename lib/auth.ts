@@ -1,0 +1,310 @@
+import type { IncomingMessage } from 'node:http'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import { errors } from './errors'
+
+/** JWT authentication on upgrade, on top of the application's @fastify/jwt. */
+export interface AuthOptions {
+  /**
+   * Claim that holds the user id (a string or a number).
+   * @default 'sub'
+   */
+  userIdClaim: string
+  /**
+   * Query parameter a token may come in (redacted from the URL before anything logs it);
+   * false turns the query source off.
+   * @default 'access_token'
+   */
+  queryParam: string | false
+  /**
+   * Prefix of the `Sec-WebSocket-Protocol` entry that carries a token (`bearer.<jwt>`).
+   * The entry is never selected as the protocol.
+   * @default 'bearer.'
+   */
+  subprotocolPrefix: string
+  /**
+   * Accepted `alg` values; a token whose header names another is refused before any
+   * signature check, whatever the token's header says. Null: @fastify/jwt's
+   * `verify.algorithms` if set, else its `sign.algorithm`, else ['HS256'].
+   * With asymmetric keys, set it (e.g. ['RS256']).
+   * @default null
+   */
+  algorithms: string[] | null
+  /**
+   * Close an open connection with 1008 "Token expired" when its token's `exp` passes.
+   * @default true
+   */
+  closeOnExpiry: boolean
+  /**
+   * Milliseconds past `exp` before that close.
+   * @default 0
+   */
+  expiryGraceMs: number
+  /**
+   * Failed authentications allowed per IP in `timeWindow` ms; over it, 429 before the
+   * signature is checked. False turns it off.
+   * @default { max: 10, timeWindow: 60000 }
+   */
+  failureLimit: { max: number, timeWindow: number } | false
+}
+
+/** What a successful authentication gives the connection. */
+export interface AuthResult {
+  userId: string
+  user: Record<string, unknown>
+  /** Epoch ms when the connection must close (exp plus grace), or Infinity. */
+  closeAt: number
+}
+
+/** A refused upgrade: the HTTP status, body message and headers to answer with. */
+export class UpgradeRefusal {
+  readonly statusCode: number
+  readonly message: string
+  readonly headers: Record<string, string>
+  /** Why, for the log; never the token. */
+  readonly reason: string
+
+  constructor (statusCode: number, message: string, reason: string, headers: Record<string, string> = {}) {
+    this.statusCode = statusCode
+    this.message = message
+    this.reason = reason
+    this.headers = headers
+  }
+}
+
+/** Holds a token taken out of the URL, on the raw request we do not own. */
+export const kQueryToken = Symbol('fastify-ws-manager.queryToken')
+
+type RawWithToken = IncomingMessage & { [kQueryToken]?: string }
+
+/**
+ * An 'upgrade' listener that runs before @fastify/websocket's: it removes the token
+ * parameter from the URL, so Fastify's "incoming request" line and every later log line
+ * see the URL without it, and keeps the token on the raw request.
+ */
+export function createUrlRedactor (param: string): (request: IncomingMessage) => void {
+  const needle = `${param}=`
+  return function redactTokenFromUrl (request: IncomingMessage): void {
+    const url = request.url
+    if (url === undefined || !url.includes(needle)) return
+    const q = url.indexOf('?')
+    if (q === -1) return
+    const params = new URLSearchParams(url.slice(q + 1))
+    const token = params.get(param)
+    if (token === null) return
+    params.delete(param)
+    const rest = params.toString()
+    ;(request as RawWithToken)[kQueryToken] = token
+    request.url = url.slice(0, q) + (rest === '' ? '' : `?${rest}`)
+  }
+}
+
+/**
+ * ws's `handleProtocols`: selects the first offered protocol that is not a token entry, or
+ * none. Echoing the token entry would put it in the response and in every proxy's logs.
+ */
+export function createProtocolSelector (prefix: string): (protocols: Set<string>) => string | false {
+  return function selectProtocol (protocols: Set<string>): string | false {
+    for (const protocol of protocols) if (!protocol.startsWith(prefix)) return protocol
+    return false
+  }
+}
+
+interface CookieSettings { cookieName: string, signed?: boolean }
+
+type RequestWithCookies = FastifyRequest & {
+  cookies?: Record<string, string | undefined>
+  unsignCookie?: (value: string) => { valid: boolean, value: string | null }
+}
+
+/** Where a token was found. */
+export type TokenSource = 'header' | 'subprotocol' | 'query' | 'cookie'
+
+/** Takes the token from the header, the subprotocol, the query or the cookie, in that order. */
+export function extractToken (request: FastifyRequest, options: AuthOptions, cookie: CookieSettings | null): { token: string, source: TokenSource } | null {
+  const authorization = request.headers.authorization
+  if (typeof authorization === 'string' && authorization.length > 7 && authorization.slice(0, 7).toLowerCase() === 'bearer ') {
+    return { token: authorization.slice(7).trim(), source: 'header' }
+  }
+  const protocols = request.headers['sec-websocket-protocol']
+  if (typeof protocols === 'string' && protocols.includes(options.subprotocolPrefix)) {
+    for (const entry of protocols.split(',')) {
+      const protocol = entry.trim()
+      if (protocol.startsWith(options.subprotocolPrefix)) {
+        return { token: protocol.slice(options.subprotocolPrefix.length), source: 'subprotocol' }
+      }
+    }
+  }
+  const fromQuery = (request.raw as RawWithToken)[kQueryToken]
+  if (options.queryParam !== false && typeof fromQuery === 'string' && fromQuery !== '') {
+    return { token: fromQuery, source: 'query' }
+  }
+  if (cookie !== null) {
+    const req = request as RequestWithCookies
+    let value = req.cookies?.[cookie.cookieName]
+    if (typeof value === 'string' && value !== '' && cookie.signed === true && req.unsignCookie !== undefined) {
+      const unsigned = req.unsignCookie(value)
+      value = unsigned.valid && unsigned.value !== null ? unsigned.value : undefined
+    }
+    if (typeof value === 'string' && value !== '') return { token: value, source: 'cookie' }
+  }
+  return null
+}
+
+/** The `alg` of a token's header, without verifying anything; null when unreadable. */
+export function headerAlgorithm (token: string): string | null {
+  const dot = token.indexOf('.')
+  if (dot <= 0) return null
+  try {
+    const header = JSON.parse(Buffer.from(token.slice(0, dot), 'base64url').toString('utf8')) as { alg?: unknown }
+    return typeof header.alg === 'string' ? header.alg : null
+  } catch {
+    return null
+  }
+}
+
+interface JwtDecorator {
+  verify: (token: string) => Record<string, unknown>
+  options?: { verify?: { algorithms?: string[] }, sign?: { algorithm?: string } }
+  cookie?: CookieSettings
+}
+
+const UNAUTHORIZED = 'Bearer realm="websocket"'
+
+function invalidToken (message: string, reason: string): UpgradeRefusal {
+  return new UpgradeRefusal(401, message, reason, {
+    'www-authenticate': `${UNAUTHORIZED}, error="invalid_token", error_description="${message}"`
+  })
+}
+
+const FAST_JWT_MESSAGES: Record<string, string> = {
+  FAST_JWT_EXPIRED: 'token expired',
+  FAST_JWT_INACTIVE: 'token not yet valid',
+  FAST_JWT_INVALID_SIGNATURE: 'token signature is invalid',
+  FAST_JWT_INVALID_ALGORITHM: 'token algorithm is not allowed',
+  FAST_JWT_MALFORMED: 'token is malformed',
+  FAST_JWT_INVALID_TYPE: 'token is malformed',
+  FAST_JWT_MISSING_SIGNATURE: 'token has no signature'
+}
+
+/** Counts failed authentications per IP in fixed windows; O(1) per check. */
+export class FailureLimiter {
+  readonly #max: number
+  readonly #window: number
+  readonly #entries = new Map<string, { count: number, resetAt: number }>()
+
+  constructor (max: number, timeWindow: number) {
+    this.#max = max
+    this.#window = timeWindow
+  }
+
+  /** Seconds until the IP may try again, or 0 when it is under its budget. */
+  blockedFor (ip: string, now: number): number {
+    const entry = this.#entries.get(ip)
+    if (entry === undefined) return 0
+    if (entry.resetAt <= now) {
+      this.#entries.delete(ip)
+      return 0
+    }
+    return entry.count >= this.#max ? Math.ceil((entry.resetAt - now) / 1000) : 0
+  }
+
+  fail (ip: string, now: number): void {
+    const entry = this.#entries.get(ip)
+    if (entry === undefined || entry.resetAt <= now) {
+      // Expired entries are swept when the map grows, so a spray of addresses cannot grow it for ever.
+      if (this.#entries.size >= 100_000) this.#sweep(now)
+      this.#entries.set(ip, { count: 1, resetAt: now + this.#window })
+    } else {
+      entry.count++
+    }
+  }
+
+  /** IPs currently counted. */
+  get size (): number {
+    return this.#entries.size
+  }
+
+  #sweep (now: number): void {
+    for (const [ip, entry] of this.#entries) if (entry.resetAt <= now) this.#entries.delete(ip)
+    if (this.#entries.size >= 100_000) this.#entries.clear()
+  }
+}
+
+/** Verifies upgrade tokens with the application's @fastify/jwt, with pinned algorithms. */
+export class Authenticator {
+  readonly #options: AuthOptions
+  readonly #jwt: JwtDecorator
+  readonly #algorithms: ReadonlySet<string>
+  readonly #cookie: CookieSettings | null
+  readonly #failures: FailureLimiter | null
+  #failed = 0
+
+  /** @throws FST_WSM_JWT_MISSING without @fastify/jwt; FST_WSM_OPTION_INVALID when no algorithm can be pinned. */
+  constructor (fastify: FastifyInstance, options: AuthOptions) {
+    if (!fastify.hasDecorator('jwt')) throw new errors.FST_WSM_JWT_MISSING()
+    this.#options = options
+    this.#jwt = (fastify as unknown as { jwt: JwtDecorator }).jwt
+    const signing = this.#jwt.options?.sign?.algorithm
+    const algorithms = options.algorithms ?? this.#jwt.options?.verify?.algorithms ?? (signing === undefined ? ['HS256'] : [signing])
+    if (algorithms.length === 0) throw new errors.FST_WSM_OPTION_INVALID('auth.algorithms', 'at least one algorithm')
+    if (algorithms.includes('none')) throw new errors.FST_WSM_OPTION_INVALID('auth.algorithms', 'algorithms other than "none"')
+    this.#algorithms = new Set(algorithms)
+    this.#cookie = this.#jwt.cookie ?? null
+    this.#failures = options.failureLimit === false ? null : new FailureLimiter(options.failureLimit.max, options.failureLimit.timeWindow)
+  }
+
+  /** The algorithms in force. */
+  get algorithms (): string[] {
+    return [...this.#algorithms]
+  }
+
+  /** Failed authentications since start. */
+  get failed (): number {
+    return this.#failed
+  }
+
+  /** Verifies the request's token; a refusal says the status and message to answer with. */
+  authenticate (request: FastifyRequest): AuthResult | UpgradeRefusal {
+    const now = Date.now()
+    const ip = request.ip
+    if (this.#failures !== null) {
+      const wait = this.#failures.blockedFor(ip, now)
+      if (wait > 0) {
+        return new UpgradeRefusal(429, 'Too many failed authentications', 'auth failures over budget', { 'retry-after': String(wait) })
+      }
+    }
+    const result = this.#verify(request)
+    if (result instanceof UpgradeRefusal) {
+      this.#failed++
+      this.#failures?.fail(ip, now)
+    }
+    return result
+  }
+
+  #verify (request: FastifyRequest): AuthResult | UpgradeRefusal {
+    const found = extractToken(request, this.#options, this.#cookie)
+    if (found === null) {
+      return new UpgradeRefusal(401, 'Missing bearer token', 'no token', { 'www-authenticate': UNAUTHORIZED })
+    }
+    const alg = headerAlgorithm(found.token)
+    if (alg === null) return invalidToken('token is malformed', `malformed token (${found.source})`)
+    if (!this.#algorithms.has(alg)) return invalidToken('token algorithm is not allowed', `algorithm ${alg.slice(0, 16)} refused (${found.source})`)
+    let payload: Record<string, unknown>
+    try {
+      payload = this.#jwt.verify(found.token)
+    } catch (err) {
+      const code = (err as { code?: string }).code ?? ''
+      const message = FAST_JWT_MESSAGES[code] ?? 'token is invalid'
+      return invalidToken(message, `${code || 'verify failed'} (${found.source})`)
+    }
+    const id = payload[this.#options.userIdClaim]
+    if ((typeof id !== 'string' || id === '') && typeof id !== 'number') {
+      return invalidToken(`token has no "${this.#options.userIdClaim}" claim`, 'no user id claim')
+    }
+    const exp = payload.exp
+    const closeAt = this.#options.closeOnExpiry && typeof exp === 'number'
+      ? exp * 1000 + this.#options.expiryGraceMs
+      : Infinity
+    return { userId: String(id), user: payload, closeAt }
+  }
+}
