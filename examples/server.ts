@@ -1,10 +1,23 @@
 // The reference server `npm start` runs: configured from the environment (see the README's
 // table), safe to expose, and closing every connection with a proper code on SIGTERM/SIGINT.
+// A small chat with a ticker: JSON message routing, sendToUser and broadcast.
+import { randomBytes } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import Fastify, { type FastifyInstance } from 'fastify'
-import wsManager, { loadConfig, type ServerConfig } from '../lib/index'
+import jwt from '@fastify/jwt'
+import wsManager, { loadConfig, type Connection, type ServerConfig } from '../lib/index'
+
+const page = readFileSync(join(__dirname, 'public', 'index.html'), 'utf8')
+
+/** Extra settings of the demo, not of the plugin. */
+export interface DemoOptions {
+  /** Milliseconds between ticker broadcasts; 0 turns the ticker off. Env TICK_INTERVAL. */
+  tickInterval?: number
+}
 
 /** Builds the reference app without listening, so tests can run it in-process too. */
-export async function buildServer (config: ServerConfig): Promise<FastifyInstance> {
+export async function buildServer (config: ServerConfig, demo: DemoOptions = {}): Promise<{ app: FastifyInstance, devToken: string | null }> {
   const app = Fastify({
     logger: { level: config.logLevel },
     // A client that trickles its upgrade request one header line at a time would hold a
@@ -15,30 +28,78 @@ export async function buildServer (config: ServerConfig): Promise<FastifyInstanc
       connectionsCheckingInterval: Math.min(1000, config.headersTimeout)
     }
   })
+
+  // Without JWT_SECRET a random secret is made, so only tokens printed by this process work.
+  const secret = config.jwtSecret ?? randomBytes(32).toString('base64url')
+  await app.register(jwt, { secret, verify: { algorithms: ['HS256'] } })
   await app.register(wsManager, config.options)
 
-  app.get(config.path, { websocket: true }, (socket, request) => {
-    const connection = request.wsConnection
-    socket.send(JSON.stringify({ type: 'welcome', connectionId: connection?.id }))
-    socket.on('message', (data, isBinary) => {
-      const text = isBinary ? null : data.toString()
-      if (text !== null && text.startsWith('broadcast:')) {
-        const payload = text.slice('broadcast:'.length)
-        for (const other of app.wsManager.connections) other.socket.send(payload)
-        return
+  interface Chat { type: 'chat', text: string }
+  interface Whisper { type: 'whisper', to: string, text: string }
+  const text = { type: 'string', minLength: 1, maxLength: 2000 }
+
+  app.get(config.path, {
+    websocket: true,
+    config: {
+      wsManager: {
+        messages: {
+          chat: {
+            schema: { type: 'object', required: ['type', 'text'], properties: { type: { const: 'chat' }, text } },
+            handler: async (message: Chat, connection: Connection) => {
+              const delivered = await app.wsManager.broadcast(
+                { type: 'chat', from: connection.userId, text: message.text },
+                { route: config.path }
+              )
+              return { type: 'sent', delivered }
+            }
+          },
+          whisper: {
+            schema: { type: 'object', required: ['type', 'to', 'text'], properties: { type: { const: 'whisper' }, to: { type: 'string' }, text } },
+            handler: async (message: Whisper, connection: Connection) => {
+              const delivered = await app.wsManager.sendToUser(message.to, { type: 'whisper', from: connection.userId, text: message.text })
+              return { type: 'sent', delivered }
+            }
+          },
+          who: {
+            handler: () => ({ type: 'who', connections: app.wsManager.connections.size })
+          }
+        }
       }
-      socket.send(data, { binary: isBinary })
+    }
+  }, (socket, request) => {
+    const connection = request.wsConnection as Connection
+    connection.send({ type: 'welcome', connectionId: connection.id, userId: connection.userId })
+    // Binary messages pass the router untouched: echo them.
+    socket.on('message', (data, isBinary) => {
+      if (isBinary) socket.send(data, { binary: true })
     })
   })
 
+  app.get('/', (_request, reply) => { reply.type('text/html; charset=utf-8').send(page) })
   app.get('/health', async () => app.wsManager.checkConnectionHealth())
-  app.get('/stats', async () => app.wsManager.stats())
-  return app
+  // Statistics name users: only for a holder of a valid token.
+  app.get('/stats', { onRequest: async (request) => { await request.jwtVerify() } }, async () => app.wsManager.stats())
+
+  const tickInterval = demo.tickInterval ?? 5000
+  if (tickInterval > 0) {
+    const ticker = setInterval(() => {
+      app.wsManager.broadcast({ type: 'tick', at: Date.now(), connections: app.wsManager.connections.size }, { route: config.path })
+        .catch((err: unknown) => app.log.error({ err }, 'ticker failed'))
+    }, tickInterval)
+    ticker.unref()
+    app.addHook('preClose', async () => clearInterval(ticker))
+  }
+
+  const devToken = config.jwtSecret === null ? app.jwt.sign({ sub: 'dev-user' }, { expiresIn: '12h' }) : null
+  return { app, devToken }
 }
 
 async function main (): Promise<void> {
   const config = loadConfig()
-  const app = await buildServer(config)
+  const tick = process.env.TICK_INTERVAL
+  const tickInterval = tick === undefined || tick === '' ? 5000 : Number(tick)
+  if (!Number.isInteger(tickInterval) || tickInterval < 0) throw new Error(`TICK_INTERVAL must be a whole number of ms, got ${JSON.stringify(tick)}`)
+  const { app, devToken } = await buildServer(config, { tickInterval })
   let closing = false
   const stop = (signal: string): void => {
     if (closing) return
@@ -51,7 +112,13 @@ async function main (): Promise<void> {
   }
   process.once('SIGTERM', () => stop('SIGTERM'))
   process.once('SIGINT', () => stop('SIGINT'))
-  await app.listen({ port: config.port, host: config.host })
+  const address = await app.listen({ port: config.port, host: config.host })
+  if (devToken !== null) {
+    // Printed to the console on purpose, never through the logger: JWT_SECRET is unset, so
+    // this token is the only way in, and it dies with the process's random secret.
+    process.stdout.write(`\nJWT_SECRET is not set: a random secret is in use. Dev token (user "dev-user", 12 h):\n${devToken}\n` +
+      `Open ${address}/#token=${devToken}\n\n`)
+  }
 }
 
 if (require.main === module) {

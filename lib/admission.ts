@@ -26,7 +26,8 @@ export const kAuth = Symbol('fastify-ws-manager.auth')
 
 type RequestWithAuth = FastifyRequest & { [kAuth]?: AuthResult, user?: unknown }
 
-interface RateLimitResult { isAllowed: boolean, ttlInSeconds?: number, max?: number }
+// isAllowed means "on the allow list"; isExceeded is the verdict.
+interface RateLimitResult { isAllowed: boolean, isExceeded?: boolean, isBanned?: boolean, ttlInSeconds?: number, max?: number }
 type RateLimiter = (request: FastifyRequest) => Promise<RateLimitResult>
 
 /** @fastify/rate-limit's `createRateLimit` decorator. */
@@ -40,7 +41,8 @@ const ERROR_NAMES: Record<number, string> = {
 }
 
 /** Answers an upgrade with a real HTTP status and a JSON body, never by upgrading and closing. */
-export function refuse (request: FastifyRequest, reply: FastifyReply, refusal: UpgradeRefusal): FastifyReply {
+export function refuse (manager: WsManager, request: FastifyRequest, reply: FastifyReply, refusal: UpgradeRefusal): FastifyReply {
+  manager.countRefusal(refusal.statusCode)
   request.log.info({ statusCode: refusal.statusCode, reason: refusal.reason }, 'upgrade rejected')
   return reply
     .code(refusal.statusCode)
@@ -62,14 +64,14 @@ export function createAdmissionHook (manager: WsManager, settings: AdmissionSett
   return async function admitUpgrade (request, reply) {
     if (!request.ws) return
     if (manager.shuttingDown) {
-      return refuse(request, reply, new UpgradeRefusal(503, 'Server is shutting down', 'shutting down', { 'retry-after': '1' }))
+      return refuse(manager, request, reply, new UpgradeRefusal(503, 'Server is shutting down', 'shutting down', { 'retry-after': '1' }))
     }
     if (!settings.originAllowed(request)) {
-      return refuse(request, reply, new UpgradeRefusal(403, 'Origin not allowed', `origin ${String(request.headers.origin).slice(0, 200)}`))
+      return refuse(manager, request, reply, new UpgradeRefusal(403, 'Origin not allowed', `origin ${String(request.headers.origin).slice(0, 200)}`))
     }
     if (settings.authenticator !== null) {
       const result = settings.authenticator.authenticate(request)
-      if (result instanceof UpgradeRefusal) return refuse(request, reply, result)
+      if (result instanceof UpgradeRefusal) return refuse(manager, request, reply, result)
       const req = request as RequestWithAuth
       req[kAuth] = result
       req.user = result.user
@@ -77,8 +79,8 @@ export function createAdmissionHook (manager: WsManager, settings: AdmissionSett
     const rateLimit = limiter()
     if (rateLimit !== null) {
       const verdict = await rateLimit(request)
-      if (!verdict.isAllowed) {
-        return refuse(request, reply, new UpgradeRefusal(429, 'Too many connection attempts', `upgrade rate limit (${route})`, {
+      if (!verdict.isAllowed && (verdict.isExceeded === true || verdict.isBanned === true)) {
+        return refuse(manager, request, reply, new UpgradeRefusal(429, 'Too many connection attempts', `upgrade rate limit (${route})`, {
           'retry-after': String(verdict.ttlInSeconds ?? 1)
         }))
       }
@@ -95,7 +97,7 @@ export function createCapsHook (manager: WsManager, settings: AdmissionSettings)
     if (!request.ws) return done()
     const registry = manager.connections
     if (settings.maxConnections > 0 && registry.size >= settings.maxConnections) {
-      refuse(request, reply, new UpgradeRefusal(503, 'Server is at its connection limit', 'maxConnections', { 'retry-after': '5' }))
+      refuse(manager, request, reply, new UpgradeRefusal(503, 'Server is at its connection limit', 'maxConnections', { 'retry-after': '5' }))
       return
     }
     const auth = authOf(request)
@@ -105,7 +107,7 @@ export function createCapsHook (manager: WsManager, settings: AdmissionSettings)
       const open = registry.byUser(auth.userId).filter((c) => c.state === 'open')
       if (open.length >= max) {
         if (settings.onUserLimit === 'reject') {
-          refuse(request, reply, new UpgradeRefusal(429, 'Too many connections for this user', 'maxConnectionsPerUser'))
+          refuse(manager, request, reply, new UpgradeRefusal(429, 'Too many connections for this user', 'maxConnectionsPerUser'))
           return
         }
         open.sort((a, b) => a.connectedAt - b.connectedAt)

@@ -1,4 +1,5 @@
 import { errors, isSendableCloseCode } from './errors'
+import type { OriginPolicy } from './limits'
 import type { WsManagerOptions } from './options'
 
 /** What `loadConfig()` reads from the environment: the reference server's settings and the plugin's options. */
@@ -15,6 +16,12 @@ export interface ServerConfig {
   requestTimeout: number
   /** Env LOG_LEVEL. @default 'info' */
   logLevel: string
+  /**
+   * HS256 secret for @fastify/jwt (at least 32 characters). Env JWT_SECRET. Null when unset:
+   * the reference server then makes a random one and prints a dev token.
+   * @default null
+   */
+  jwtSecret: string | null
   /** The plugin's options. */
   options: WsManagerOptions
 }
@@ -54,6 +61,14 @@ class EnvReader {
     throw new errors.FST_WSM_ENV_INVALID(name, JSON.stringify(this.#env[name]), 'expected true or false')
   }
 
+  secret (name: string, minLength: number): string {
+    const value = this.#env[name] as string
+    if (value.length < minLength) {
+      throw new errors.FST_WSM_ENV_INVALID(name, `(${value.length} characters)`, `expected at least ${minLength} characters`)
+    }
+    return value
+  }
+
   string (name: string, fallback: string, check?: (value: string) => string | null): string {
     if (!this.has(name)) return fallback
     const value = (this.#env[name] as string).trim()
@@ -61,6 +76,35 @@ class EnvReader {
     if (problem !== null) throw new errors.FST_WSM_ENV_INVALID(name, JSON.stringify(value), problem)
     return value
   }
+}
+
+/** `max/windowMs` (e.g. `30/60000`), or `false`/`0`/`off` to turn the limit off. */
+function readRate (read: EnvReader, name: string, fallback: { max: number, timeWindow: number }): { max: number, timeWindow: number } | false {
+  const raw = read.string(name, `${fallback.max}/${fallback.timeWindow}`)
+  if (raw === 'false' || raw === '0' || raw === 'off') return false
+  const match = /^(\d+)\/(\d+)$/.exec(raw)
+  const max = match === null ? NaN : Number(match[1])
+  const timeWindow = match === null ? NaN : Number(match[2])
+  if (!(max >= 1 && max <= 1_000_000_000 && timeWindow >= 1 && timeWindow <= 86_400_000)) {
+    throw new errors.FST_WSM_ENV_INVALID(name, JSON.stringify(raw), 'expected max/windowMs such as 30/60000, or false')
+  }
+  return { max, timeWindow }
+}
+
+/** `same-origin`, `*`, or a comma-separated list of origins such as `https://app.example.com`. */
+function readOrigins (read: EnvReader): OriginPolicy {
+  const raw = read.string('ALLOWED_ORIGINS', 'same-origin')
+  if (raw === 'same-origin' || raw === '*') return raw
+  const list = raw.split(',').map((o) => o.trim()).filter((o) => o !== '')
+  for (const origin of list) {
+    let ok = false
+    try {
+      const url = new URL(origin)
+      ok = url.origin === origin && (url.protocol === 'http:' || url.protocol === 'https:')
+    } catch {}
+    if (!ok) throw new errors.FST_WSM_ENV_INVALID('ALLOWED_ORIGINS', JSON.stringify(origin), 'expected same-origin, * or a comma-separated list of origins such as https://app.example.com')
+  }
+  return list
 }
 
 /**
@@ -93,6 +137,16 @@ export function loadConfig (env: Env = process.env): ServerConfig {
           threshold: read.int('COMPRESSION_THRESHOLD', 1024, 0, 1_073_741_824)
         }
       : 'disabled',
+    allowedOrigins: readOrigins(read),
+    upgradeRateLimit: readRate(read, 'UPGRADE_RATE_LIMIT', { max: 30, timeWindow: 60_000 }),
+    messageRateLimit: (() => {
+      const rate = readRate(read, 'MESSAGE_RATE_LIMIT', { max: 100, timeWindow: 1000 })
+      if (rate === false) return false
+      const policy = read.string('MESSAGE_RATE_POLICY', 'close', (v) => v === 'close' || v === 'drop' ? null : 'expected close or drop') as 'close' | 'drop'
+      return { ...rate, burst: rate.max * 2, policy }
+    })(),
+    maxConnections: read.int('MAX_CONNECTIONS', 0, 0, 100_000_000),
+    maxConnectionsPerUser: read.int('MAX_CONNECTIONS_PER_USER', 0, 0, 100_000_000),
     backpressure: {
       highWaterMark: read.int('BACKPRESSURE_HIGH_WATER_MARK', 1_048_576, 1024, 1_073_741_824),
       policy: read.string('BACKPRESSURE_POLICY', 'close', (v) => ['close', 'drop', 'wait'].includes(v) ? null : 'expected close, drop or wait') as 'close' | 'drop' | 'wait'
@@ -123,6 +177,8 @@ export function loadConfig (env: Env = process.env): ServerConfig {
     headersTimeout,
     requestTimeout,
     logLevel: read.string('LOG_LEVEL', 'info', (v) => LOG_LEVELS.includes(v) ? null : `expected one of ${LOG_LEVELS.join(', ')}`),
+    // The value itself never goes into an error message: only its length.
+    jwtSecret: read.has('JWT_SECRET') ? read.secret('JWT_SECRET', 32) : null,
     options
   }
 }

@@ -5,6 +5,7 @@ import { prepare, withCompress, type BackpressureOptions, type DeliveryCounters,
 import type { CompressionManager } from './compression'
 import { CloseCode } from './errors'
 import type { HeartbeatSettings } from './heartbeat'
+import type { Bucket } from './limits'
 import { kRawSend, type CloseInitiator, type ManagedWebSocket } from './socket'
 
 /** Where a connection is in its life. */
@@ -53,6 +54,10 @@ export interface ConnectionInit {
   user: Record<string, unknown> | null
   log: FastifyBaseLogger
   settings: RouteSettings
+  /** Epoch ms at which the token expires (plus grace), or Infinity. */
+  closeAt: number
+  /** The user's message-rate bucket, or null when messages are not limited. */
+  rateBucket: Bucket | null
 }
 
 /** Byte length of anything ws accepts or delivers, without copying it. */
@@ -119,6 +124,10 @@ export class Connection {
   readonly settings: RouteSettings
   /** Whether permessage-deflate was negotiated and compression is on for this connection. */
   readonly compressing: boolean
+  /** Epoch ms at which the token expires (plus grace) and the connection closes with 1008; Infinity without one. */
+  readonly closeAt: number
+  /** @internal The user's message-rate bucket, shared with the user's other connections. */
+  readonly rateBucket: Bucket | null
   /** @internal Consecutive message-router errors. */
   routerErrors = 0
   readonly #compressThreshold: number
@@ -138,6 +147,8 @@ export class Connection {
     this.user = init.user
     this.log = init.log
     this.settings = init.settings
+    this.closeAt = init.closeAt
+    this.rateBucket = init.rateBucket
     this.compressing = init.settings.compressThreshold >= 0 && init.socket.extensions.includes('permessage-deflate')
     this.#compressThreshold = this.compressing ? init.settings.compressThreshold : -1
     this.connectedAt = this.lastActivityAt = Date.now()

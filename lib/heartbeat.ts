@@ -59,10 +59,11 @@ export interface ResolvedHeartbeatOptions extends HeartbeatSettings {
 /**
  * Called once when a socket missed `maxMissedPongs` pongs in a row, from the manager's timer.
  * The socket is already untracked (no state, no listener left), so the callback may close it
- * or start its heartbeat again. An error it throws is rethrown on the next tick, after the
- * manager has dealt with every other socket due.
+ * or start its heartbeat again; that is also why its final figures come as `stats`, since
+ * `getHeartbeatStats(ws)` no longer has them. An error it throws is rethrown on the next tick,
+ * after the manager has dealt with every other socket due.
  */
-export type HeartbeatTimeoutCallback<T extends WebSocket = WebSocket> = (ws: T) => void
+export type HeartbeatTimeoutCallback<T extends WebSocket = WebSocket> = (ws: T, stats: HeartbeatStats) => void
 
 /** Heartbeat figures of one socket. */
 export interface HeartbeatStats {
@@ -430,7 +431,7 @@ export class HeartbeatManager {
           this.#untrack(state)
           this.#timeouts++
           try {
-            state.onTimeout(state.socket)
+            state.onTimeout(state.socket, statsOf(state))
           } catch (err) {
             error ??= err
           }

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type WebSocket from 'ws'
+import { authOf } from './admission'
 import { GracefulCloseManager, type CloseRequest, type CloseResult, type CloseStats } from './close'
 import { CompressionManager, type CompressionStats } from './compression'
 import { Connection, type ConnectionHost, type MessageHook, type RouteSettings } from './connection'
@@ -8,6 +9,7 @@ import { DeliveryCounters, prepare, type DeliveryStats, type Sendable, type Send
 import { CloseCode } from './errors'
 import { FrameSizeValidator, type FrameSizeStats } from './frame-size'
 import { HeartbeatManager, type HeartbeatManagerStats } from './heartbeat'
+import { MessageRateLimiter, type Bucket, type MessageLimitStats } from './limits'
 import type { ResolvedOptions, ResolvedRouteConfig } from './options'
 import { LocalConnectionRegistry, type ConnectionRegistry } from './registry'
 import type { MessageRouter } from './router'
@@ -37,6 +39,18 @@ export interface ConnectionStats {
   idleClosed: number
   /** Closed because the heartbeat found them dead. */
   heartbeatClosed: number
+  /** Closed because their token expired. */
+  expiredClosed: number
+}
+
+/** Admission counters in {@link WsManagerStats}. */
+export interface AdmissionStats {
+  /** Upgrades refused, by HTTP status. */
+  refused: Record<string, number>
+  /** Failed authentications (bad or missing tokens). */
+  authFailures: number
+  /** Message rate limiting. */
+  messages: MessageLimitStats | null
 }
 
 /** One snapshot of every component's statistics, from `fastify.wsManager.stats()`. */
@@ -47,6 +61,7 @@ export interface WsManagerStats {
   frames: FrameSizeStats
   compression: CompressionStats
   delivery: DeliveryStats
+  admission: AdmissionStats
 }
 
 /** Which connections `broadcast()` reaches. */
@@ -67,23 +82,44 @@ export interface DisconnectOptions {
   timeout?: number
 }
 
-// Per received message: frame-size warning threshold, compression statistics, then the
-// route's router. One object per route, built at route registration.
+// Per received message: frame-size warning threshold, compression statistics, the user's
+// rate limit, then the route's router. One object per route, built at route registration.
 class RouteHook implements MessageHook {
   readonly #frames: FrameSizeValidator
   readonly #compression: CompressionManager | null
+  readonly #limiter: MessageRateLimiter | null
   readonly #router: MessageRouter | null
 
-  constructor (frames: FrameSizeValidator, compression: CompressionManager | null, router: MessageRouter | null) {
+  constructor (frames: FrameSizeValidator, compression: CompressionManager | null, limiter: MessageRateLimiter | null, router: MessageRouter | null) {
     this.#frames = frames
     this.#compression = compression
+    this.#limiter = limiter
     this.#router = router
   }
 
   onMessage (connection: Connection, data: WebSocket.RawData, isBinary: boolean, size: number): boolean {
     this.#frames.observe(size, connection.userId, connection.id)
     if (this.#compression !== null && connection.compressing) this.#compression.recordReceived(connection.socket, size)
+    const bucket = connection.rateBucket
+    if (this.#limiter !== null && bucket !== null && !this.#limiter.take(bucket, connection.lastActivityAt)) {
+      return this.#overLimit(connection, bucket)
+    }
     return this.#router === null || this.#router.onMessage(connection, data, isBinary)
+  }
+
+  #overLimit (connection: Connection, bucket: Bucket): boolean {
+    const limiter = this.#limiter as MessageRateLimiter
+    const first = !bucket.limited
+    bucket.limited = true
+    if (limiter.options.policy === 'drop') {
+      if (first) connection.log.warn({ policy: 'drop' }, 'message rate limit exceeded')
+      return false
+    }
+    if (connection.state === 'open') {
+      connection.log.warn({ policy: 'close' }, 'message rate limit exceeded')
+      connection.close(CloseCode.POLICY_VIOLATION, 'Rate limit exceeded').catch(noop)
+    }
+    return false
   }
 }
 
@@ -105,8 +141,12 @@ export class WsManager implements ConnectionHost {
   readonly compression: CompressionManager
   /** Backpressure counters. */
   readonly delivery = new DeliveryCounters()
+  /** Per-user message rate limiting, or null when off. */
+  readonly messageLimiter: MessageRateLimiter | null
   /** The validated options in force. */
   readonly options: ResolvedOptions
+  /** @internal Routes that authenticate their upgrades. */
+  authRoutes = 0
   readonly #registry: LocalConnectionRegistry
   readonly #log: FastifyBaseLogger
   #shuttingDown = false
@@ -114,8 +154,14 @@ export class WsManager implements ConnectionHost {
   #closed = 0
   #idleClosed = 0
   #heartbeatClosed = 0
-  #idleTimer: NodeJS.Timeout | null = null
-  #idleSweepMs = 1000
+  #expiredClosed = 0
+  #authFailures = 0
+  readonly #refused: Record<string, number> = {}
+  #sweepTimer: NodeJS.Timeout | null = null
+  // The sweep closes idle connections and expired tokens; at most a quarter of the shortest
+  // idle timeout late, and a quarter second for expiry.
+  #sweepMs = 1000
+  #sweepNeeded = false
 
   constructor (options: ResolvedOptions, log: FastifyBaseLogger) {
     this.options = options
@@ -127,6 +173,11 @@ export class WsManager implements ConnectionHost {
     this.heartbeat = new HeartbeatManager(base === undefined ? {} : { ...base, maxDetectionTime: base.maxDetectionTime ?? undefined })
     this.frames = new FrameSizeValidator({ ...options.frameSize, log })
     this.compression = new CompressionManager({ ...options.compression, log })
+    this.messageLimiter = options.messageRateLimit === false ? null : new MessageRateLimiter(options.messageRateLimit)
+    if (options.auth !== false && options.auth.closeOnExpiry) {
+      this.#sweepNeeded = true
+      this.#sweepMs = 250
+    }
   }
 
   /** True once the application started closing; new upgrades are refused with 503. */
@@ -213,21 +264,33 @@ export class WsManager implements ConnectionHost {
         opened: this.#opened,
         closed: this.#closed,
         idleClosed: this.#idleClosed,
-        heartbeatClosed: this.#heartbeatClosed
+        heartbeatClosed: this.#heartbeatClosed,
+        expiredClosed: this.#expiredClosed
       },
       close: this.closer.getStats(),
       heartbeat: this.heartbeat.getStats(),
       frames: this.frames.getStats(),
       compression: this.compression.getStats(),
-      delivery: this.delivery.snapshot()
+      delivery: this.delivery.snapshot(),
+      admission: {
+        refused: { ...this.#refused },
+        authFailures: this.#authFailures,
+        messages: this.messageLimiter === null ? null : this.messageLimiter.getStats()
+      }
     }
+  }
+
+  /** @internal Counts a refused upgrade by status. */
+  countRefusal (statusCode: number): void {
+    this.#refused[statusCode] = (this.#refused[statusCode] ?? 0) + 1
+    if (statusCode === 401) this.#authFailures++
   }
 
   /** @internal Builds the settings shared by every connection of one route. */
   routeSettings (config: ResolvedRouteConfig, router: MessageRouter | null): RouteSettings {
     if (config.idleTimeout > 0) {
-      // The sweep runs at a quarter of the shortest idle timeout: a close comes at most 25% late.
-      this.#idleSweepMs = Math.max(10, Math.min(this.#idleSweepMs, Math.floor(config.idleTimeout / 4)))
+      this.#sweepNeeded = true
+      this.#sweepMs = Math.max(10, Math.min(this.#sweepMs, Math.floor(config.idleTimeout / 4)))
     }
     const compression = this.compression.settings.enabled ? this.compression : null
     let heartbeat: RouteSettings['heartbeat'] = false
@@ -244,23 +307,28 @@ export class WsManager implements ConnectionHost {
       compressThreshold: compression === null ? -1 : compression.settings.threshold,
       heartbeat,
       idleTimeout: config.idleTimeout,
-      messageHook: new RouteHook(this.frames, compression, router)
+      messageHook: new RouteHook(this.frames, compression, this.messageLimiter, router)
     }
   }
 
   /** @internal Turns an upgraded socket into a managed connection, registered and logged. */
   accept (socket: ManagedWebSocket, request: FastifyRequest, route: string, settings: RouteSettings): Connection {
     const id = randomUUID()
-    const userId: string | null = null
+    const auth = authOf(request)
+    const userId = auth === undefined ? null : auth.userId
+    const limiter = this.messageLimiter
     const connection = new Connection(this, {
       id,
       socket,
       route,
       remoteAddress: request.ip,
       userId,
-      user: null,
+      user: auth === undefined ? null : auth.user,
       log: request.log.child({ connectionId: id, userId, route }),
-      settings
+      settings,
+      closeAt: auth === undefined ? Infinity : auth.closeAt,
+      // Without auth the bucket is the IP's: one client cannot dodge it by opening more sockets.
+      rateBucket: limiter === null ? null : limiter.acquire(userId ?? `ip:${request.ip}`, Date.now())
     })
     socket[kAttach](connection)
     this.#registry.add(connection)
@@ -270,9 +338,9 @@ export class WsManager implements ConnectionHost {
     if (settings.heartbeat !== false) {
       this.heartbeat.startHeartbeat(socket, this.#onHeartbeatTimeout, settings.heartbeat)
     }
-    if (settings.idleTimeout > 0 && this.#idleTimer === null) {
-      this.#idleTimer = setInterval(this.#sweepIdle, this.#idleSweepMs)
-      this.#idleTimer.unref()
+    if (this.#sweepNeeded && this.#sweepTimer === null) {
+      this.#sweepTimer = setInterval(this.#sweep, this.#sweepMs)
+      this.#sweepTimer.unref()
     }
     connection.log.info({ remoteAddress: connection.remoteAddress }, 'connection opened')
     return connection
@@ -287,11 +355,18 @@ export class WsManager implements ConnectionHost {
     connection.close(CloseCode.GOING_AWAY, 'Connection timeout').catch(noop)
   }
 
-  readonly #sweepIdle = (): void => {
+  readonly #sweep = (): void => {
     const now = Date.now()
     for (const connection of this.#registry) {
+      if (connection.state !== 'open') continue
+      if (now >= connection.closeAt) {
+        this.#expiredClosed++
+        connection.log.info('token expired')
+        connection.close(CloseCode.POLICY_VIOLATION, 'Token expired').catch(noop)
+        continue
+      }
       const idle = connection.settings.idleTimeout
-      if (idle > 0 && connection.state === 'open' && now - connection.lastActivityAt >= idle) {
+      if (idle > 0 && now - connection.lastActivityAt >= idle) {
         this.#idleClosed++
         connection.log.info({ idleMs: now - connection.lastActivityAt }, 'idle timeout')
         connection.close(CloseCode.GOING_AWAY, 'Idle timeout').catch(noop)
@@ -304,7 +379,7 @@ export class WsManager implements ConnectionHost {
     this.#shuttingDown = true
     await this.closeAll()
     this.heartbeat.stopAll()
-    this.#stopIdleSweep()
+    this.#stopSweep()
   }
 
   /** @internal */
@@ -312,13 +387,14 @@ export class WsManager implements ConnectionHost {
     if (!this.#registry.delete(connection)) return
     this.#closed++
     this.heartbeat.stopHeartbeat(connection.socket)
-    if (this.#registry.size === 0) this.#stopIdleSweep()
+    if (connection.rateBucket !== null) this.messageLimiter?.release(connection.rateBucket)
+    if (this.#registry.size === 0) this.#stopSweep()
   }
 
-  #stopIdleSweep (): void {
-    if (this.#idleTimer !== null) {
-      clearInterval(this.#idleTimer)
-      this.#idleTimer = null
+  #stopSweep (): void {
+    if (this.#sweepTimer !== null) {
+      clearInterval(this.#sweepTimer)
+      this.#sweepTimer = null
     }
   }
 

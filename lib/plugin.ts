@@ -3,10 +3,14 @@ import type { Duplex } from 'node:stream'
 import type { FastifyInstance, FastifyRequest, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import websocket, { type WebsocketHandler } from '@fastify/websocket'
+import rateLimit from '@fastify/rate-limit'
 import type WebSocket from 'ws'
+import { createAdmissionHook, createCapsHook, upgradeRateKey, type AdmissionSettings, type CreateRateLimit } from './admission'
+import { Authenticator, createProtocolSelector, createUrlRedactor } from './auth'
 import type { RouteSettings } from './connection'
 import { errors } from './errors'
 import { isFrameSizeError } from './frame-size'
+import { createOriginCheck } from './limits'
 import { WsManager } from './manager'
 import { normalizeOptions, resolveRouteConfig, type WsManagerOptions } from './options'
 import { createAjv, MessageRouter } from './router'
@@ -36,6 +40,18 @@ function isWebSocketRoute (routeOptions: RouteOptions): boolean {
   return !methods.every((method) => method === 'HEAD')
 }
 
+function appendHook<T> (existing: T | T[] | undefined, hook: T): T[] {
+  if (existing === undefined) return [hook]
+  return Array.isArray(existing) ? [...existing, hook] : [existing, hook]
+}
+
+function isZlibError (err: Error): boolean {
+  const code = (err as { code?: unknown }).code
+  return typeof code === 'string' && code.startsWith('Z_')
+}
+
+function noop (): void {}
+
 async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOptions): Promise<void> {
   const options = normalizeOptions(input)
   if (fastify.hasDecorator('websocketServer') || fastify.hasPlugin('@fastify/websocket')) {
@@ -43,9 +59,29 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
   }
 
   const manager = new WsManager(options, fastify.log)
-  const ajv = createAjv()
   fastify.decorate('wsManager', manager)
   fastify.decorateRequest('wsConnection', null)
+  const ajv = createAjv()
+  const listenServer = fastify.server
+
+  // Authentication needs the application's @fastify/jwt, registered before or after this
+  // plugin: it is looked up now if present, else when the app is ready (failing ready()).
+  let authenticator: Authenticator | null = null
+  const auth = options.auth
+  if (auth !== false) {
+    if (fastify.hasDecorator('jwt')) authenticator = new Authenticator(fastify, auth)
+    fastify.addHook('onReady', async () => {
+      if (authenticator === null && manager.authRoutes > 0) authenticator = new Authenticator(fastify, auth)
+    })
+    if (auth.queryParam !== false) listenServer.prependListener('upgrade', createUrlRedactor(auth.queryParam))
+  }
+
+  // The upgrade rate limit runs through @fastify/rate-limit so that the application's store
+  // (Redis included) is shared; without one registered, the plugin brings its own.
+  if (options.upgradeRateLimit !== false && !fastify.hasDecorator('createRateLimit')) {
+    await fastify.register(rateLimit, { global: false })
+  }
+  const originAllowed = createOriginCheck(options.allowedOrigins, options.requireOrigin)
 
   function wrap (handler: WebsocketHandler, route: string, settings: RouteSettings): WebsocketHandler {
     return function managedHandler (this: FastifyInstance, socket: WebSocket, request: FastifyRequest) {
@@ -94,15 +130,38 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
     } else {
       routeOptions.wsHandler = wrap(routeOptions.wsHandler as WebsocketHandler, route, settings) as typeof routeOptions.wsHandler
     }
+
+    if (config.auth) manager.authRoutes++
+    const admission: AdmissionSettings = {
+      get authenticator () { return config.auth ? authenticator : null },
+      originAllowed,
+      upgradeRateLimit: config.upgradeRateLimit,
+      maxConnections: options.maxConnections,
+      maxConnectionsPerUser: options.maxConnectionsPerUser,
+      onUserLimit: options.onUserLimit
+    }
+    let limiter: ReturnType<CreateRateLimit> | null = null
+    const upgradeLimit = config.upgradeRateLimit
+    const getLimiter = upgradeLimit === false
+      ? () => null
+      : () => {
+          // Built on first use: @fastify/rate-limit may be registered after the route.
+          limiter ??= (fastify as unknown as { createRateLimit: CreateRateLimit }).createRateLimit({
+            max: upgradeLimit.max, timeWindow: upgradeLimit.timeWindow, keyGenerator: upgradeRateKey(route)
+          })
+          return limiter
+        }
+    routeOptions.onRequest = appendHook(routeOptions.onRequest, createAdmissionHook(manager, admission, route, getLimiter))
+    routeOptions.preHandler = appendHook(routeOptions.preHandler, createCapsHook(manager, admission))
   })
 
-  const listenServer = fastify.server
   const upgradeListenersBefore = new Set(listenServer.listeners('upgrade'))
   await fastify.register(websocket, {
     options: {
       WebSocket: ManagedWebSocket as unknown as typeof WebSocket.WebSocket,
       ...manager.frames.getServerOptions(),
       perMessageDeflate: manager.compression.getCompressionOptions(),
+      handleProtocols: createProtocolSelector(auth === false ? 'bearer.' : auth.subprotocolPrefix),
       // ws 8.18+ bounds its own close handshakes (protocol errors, 1009) with this.
       ...({ closeTimeout: options.close.timeout })
     },
@@ -138,13 +197,6 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
     listenServer.removeListener('upgrade', refuseUpgrade)
     done()
   })
-}
-
-function noop (): void {}
-
-function isZlibError (err: Error): boolean {
-  const code = (err as { code?: unknown }).code
-  return typeof code === 'string' && code.startsWith('Z_')
 }
 
 /**

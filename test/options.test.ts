@@ -18,7 +18,12 @@ test('a wrong type or out-of-range option fails ready() with FST_WSM_OPTION_INVA
     { close: { shutdownCode: 1005 } },
     { close: { shutdownReason: 42 } },
     { close: 'soon' },
-    { auth: true },
+    { auth: 'yes' },
+    { auth: { algorithms: ['none'] } },
+    { allowedOrigins: 5 },
+    { upgradeRateLimit: { max: 0 } },
+    { messageRateLimit: { policy: 'wait' } },
+    { onUserLimit: 'kick' },
     { nope: 1 },
     { close: { timeot: 100 } }
   ]

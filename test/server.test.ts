@@ -8,13 +8,13 @@ import { closed, connect, nextMessage, socketClosed, waitFor } from './helper'
 
 const root = join(__dirname, '..')
 
-interface Running { child: ChildProcess, url: string, port: number, exited: Promise<number | null>, output: () => string }
+interface Running { child: ChildProcess, url: string, port: number, token: string, exited: Promise<number | null>, output: () => string }
 
 // Runs the reference server the way `npm start` does, in its own process.
 async function start (t: TestContext, env: Record<string, string> = {}): Promise<Running> {
   const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'examples', 'server.ts')], {
     cwd: root,
-    env: { ...process.env, WEBSOCKET_PORT: '0', LOG_LEVEL: 'info', ...env },
+    env: { ...process.env, WEBSOCKET_PORT: '0', LOG_LEVEL: 'info', TICK_INTERVAL: '0', JWT_SECRET: '', ...env },
     stdio: ['ignore', 'pipe', 'pipe']
   })
   let output = ''
@@ -26,7 +26,9 @@ async function start (t: TestContext, env: Record<string, string> = {}): Promise
   const match = /listening at http:\/\/127\.0\.0\.1:(\d+)/.exec(output)
   if (match === null) throw new Error(`server did not start:\n${output}`)
   const port = Number(match[1])
-  return { child, url: `ws://127.0.0.1:${port}`, port, exited, output: () => output }
+  await waitFor(() => /Dev token[^\n]*\n(\S+)\n/.test(output), 5000, 'dev token')
+  const token = (/Dev token[^\n]*\n(\S+)\n/.exec(output) as RegExpExecArray)[1]
+  return { child, url: `ws://127.0.0.1:${port}`, port, token, exited, output: () => output }
 }
 
 function openFds (pid: number): number {
@@ -40,19 +42,38 @@ function rawConnect (t: TestContext, port: number): Promise<Socket> {
   return new Promise((resolve) => socket.once('connect', () => resolve(socket)))
 }
 
-test('the reference server echoes, broadcasts, reports health and closes with 1001 on SIGTERM', async (t) => {
+test('the reference server routes chat, whispers, echoes binary, reports health and closes with 1001 on SIGTERM', async (t) => {
   const server = await start(t)
-  const a = await connect(t, server.url + '/ws')
-  assert.equal(JSON.parse(await nextMessage(a)).type, 'welcome')
-  const b = await connect(t, server.url + '/ws')
+  const headers = { authorization: `Bearer ${server.token}` }
+  const a = await connect(t, server.url + '/ws', { headers })
+  const welcome = JSON.parse(await nextMessage(a))
+  assert.equal(welcome.type, 'welcome')
+  assert.equal(welcome.userId, 'dev-user')
+  const b = await connect(t, server.url + '/ws', { headers })
   await nextMessage(b)
-  a.send('echo me')
-  assert.equal(await nextMessage(a), 'echo me')
+
   const toB = nextMessage(b)
-  a.send('broadcast:hello all')
-  assert.equal(await toB, 'hello all')
+  a.send(JSON.stringify({ type: 'chat', text: 'hello all' }))
+  assert.deepEqual(JSON.parse(await toB), { type: 'chat', from: 'dev-user', text: 'hello all' })
+  const replies: unknown[] = []
+  a.on('message', (data) => replies.push(JSON.parse(data.toString())))
+  await waitFor(() => replies.some((r) => (r as { type: string }).type === 'sent'))
+  assert.ok(replies.some((r) => JSON.stringify(r) === JSON.stringify({ type: 'sent', delivered: 2 })))
+
+  a.send(JSON.stringify({ type: 'chat' }))
+  await waitFor(() => replies.some((r) => (r as { code?: string }).code === 'INVALID_MESSAGE'))
+
+  const echoed = new Promise<Buffer>((resolve) => b.once('message', (data, isBinary) => { if (isBinary) resolve(data as Buffer) }))
+  b.send(Buffer.from([1, 2, 3]))
+  assert.deepEqual([...await echoed], [1, 2, 3])
+
   const health = await (await fetch(`http://127.0.0.1:${server.port}/health`)).json() as { activeConnections: number }
   assert.equal(health.activeConnections, 2)
+  assert.equal((await fetch(`http://127.0.0.1:${server.port}/stats`)).status, 401)
+  assert.equal((await fetch(`http://127.0.0.1:${server.port}/stats`, { headers })).status, 200)
+  assert.match(await (await fetch(`http://127.0.0.1:${server.port}/`)).text(), /bearer\./)
+
+  assert.ok(!server.output().includes(server.token.split('.')[2] + '"'), 'the token never reaches a log line')
 
   const seen = [closed(a), closed(b)]
   server.child.kill('SIGTERM')
