@@ -8,7 +8,7 @@ import { Connection, type ConnectionHost, type MessageHook, type RouteSettings }
 import { DeliveryCounters, prepare, type DeliveryStats, type Sendable, type SendResult } from './delivery'
 import { CloseCode } from './errors'
 import { FrameSizeValidator, type FrameSizeStats } from './frame-size'
-import { HeartbeatManager, type HeartbeatManagerStats } from './heartbeat'
+import { HeartbeatManager, type HeartbeatManagerStats, type HeartbeatStats } from './heartbeat'
 import { MessageRateLimiter, type Bucket, type MessageLimitStats } from './limits'
 import type { ResolvedOptions, ResolvedRouteConfig } from './options'
 import { LocalConnectionRegistry, type ConnectionRegistry } from './registry'
@@ -346,12 +346,11 @@ export class WsManager implements ConnectionHost {
     return connection
   }
 
-  readonly #onHeartbeatTimeout = (socket: ManagedWebSocket): void => {
+  readonly #onHeartbeatTimeout = (socket: ManagedWebSocket, stats: HeartbeatStats): void => {
     const connection = socket.connection
     if (connection === null || connection.state !== 'open') return
     this.#heartbeatClosed++
-    const stats = this.heartbeat.getHeartbeatStats(socket)
-    connection.log.warn({ missedPongs: stats?.missedPongs ?? null, latency: stats?.latency ?? null }, 'heartbeat timeout')
+    connection.log.warn({ missedPongs: stats.missedPongs, latency: stats.latency }, 'heartbeat timeout')
     connection.close(CloseCode.GOING_AWAY, 'Connection timeout').catch(noop)
   }
 
