@@ -1,6 +1,7 @@
 import '@fastify/websocket'
 import type { Connection } from './connection'
 import type { WsManager } from './manager'
+import type { RouteWsManagerConfig } from './options'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -11,5 +12,10 @@ declare module 'fastify' {
   interface FastifyRequest {
     /** The managed connection of a WebSocket request, set before the route handler runs; null for plain HTTP. */
     wsConnection: Connection | null
+  }
+
+  interface FastifyContextConfig {
+    /** fastify-ws-manager settings of a `{ websocket: true }` route. */
+    wsManager?: RouteWsManagerConfig
   }
 }

@@ -2,7 +2,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import type WebSocket from 'ws'
 import type { CloseRequest, CloseResult, GracefulCloseManager } from './close'
 import { prepare, withCompress, type BackpressureOptions, type DeliveryCounters, type Sendable, type SendOptions, type SendResult } from './delivery'
-import type { CompressionManager } from './compression'
+import type { CompressionConnectionStats, CompressionManager } from './compression'
 import { CloseCode } from './errors'
 import type { HeartbeatSettings } from './heartbeat'
 import type { Bucket } from './limits'
@@ -152,6 +152,14 @@ export class Connection {
     this.compressing = init.settings.compressThreshold >= 0 && init.socket.extensions.includes('permessage-deflate')
     this.#compressThreshold = this.compressing ? init.settings.compressThreshold : -1
     this.connectedAt = this.lastActivityAt = Date.now()
+  }
+
+  /**
+   * This connection's compression figures, measured on its TCP socket; undefined when
+   * permessage-deflate was not negotiated.
+   */
+  compressionStats (): CompressionConnectionStats | undefined {
+    return this.compressing ? this.#host.compression.getConnectionStats(this.socket) : undefined
   }
 
   /** Bytes queued for this connection and not yet handed to the kernel. */
