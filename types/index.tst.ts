@@ -2,7 +2,7 @@ import { expect, test } from 'tstyche'
 import Fastify from 'fastify'
 import wsManager, {
   CloseCode, Connection, GracefulCloseManager, loadConfig,
-  type CloseResult, type ConnectionRegistry, type HealthReport, type ServerConfig, type WsManagerOptions, type WsManagerStats
+  type CloseResult, type ConnectionRegistry, type SendResult, type HealthReport, type ServerConfig, type WsManagerOptions, type WsManagerStats
 } from '..'
 
 const app = Fastify()
@@ -10,8 +10,24 @@ const app = Fastify()
 test('the plugin takes its options', () => {
   expect(app.register(wsManager, { auth: false })).type.not.toRaiseError()
   expect(app.register(wsManager, { close: { timeout: 1000, shutdownCode: 1012 } })).type.not.toRaiseError()
-  expect(app.register(wsManager, { auth: true })).type.toRaiseError()
+  expect(app.register(wsManager, { auth: { userIdClaim: 'uid', algorithms: ['RS256'], expiryGraceMs: 1000 } })).type.not.toRaiseError()
+  expect(app.register(wsManager, {
+    allowedOrigins: ['https://app.example.com', /\.example\.com$/],
+    upgradeRateLimit: { max: 10, timeWindow: 60_000 },
+    messageRateLimit: { max: 50, policy: 'drop' },
+    maxConnections: 10_000,
+    maxConnectionsPerUser: 5,
+    onUserLimit: 'closeOldest',
+    heartbeat: { pingInterval: 15_000 },
+    idleTimeout: 0,
+    frameSize: 'strict',
+    compression: 'default',
+    backpressure: { highWaterMark: 512 * 1024, policy: 'wait' }
+  })).type.not.toRaiseError()
+  expect(app.register(wsManager, { auth: 'yes' })).type.toRaiseError()
   expect(app.register(wsManager, { close: { timeout: '1s' } })).type.toRaiseError()
+  expect(app.register(wsManager, { backpressure: { policy: 'block' } })).type.toRaiseError()
+  expect(app.register(wsManager, { onUserLimit: 'kick' })).type.toRaiseError()
 })
 
 test('fastify.wsManager is typed', () => {
@@ -32,6 +48,23 @@ test('the handler sees request.wsConnection', () => {
     expect(request.wsConnection).type.toBe<Connection | null>()
     expect(socket.send).type.not.toBe<never>()
   })
+})
+
+test('routes take config.wsManager', () => {
+  expect(app.get('/r', { websocket: true, config: { wsManager: { auth: false, heartbeat: false, idleTimeout: 1000 } } }, () => {})).type.not.toRaiseError()
+  expect(app.get('/r', { websocket: true, config: { wsManager: { messages: { ping: { handler: () => ({ type: 'pong' }) } } } } }, () => {})).type.not.toRaiseError()
+  expect(app.get('/r', { websocket: true, config: { wsManager: { heartbeat: { pingInterval: 'often' } } } }, () => {})).type.toRaiseError()
+})
+
+test('delivery is typed', () => {
+  app.get('/d', { websocket: true }, (_socket, request) => {
+    const connection = request.wsConnection as Connection
+    expect(connection.send({ type: 'x' })).type.toBe<SendResult | Promise<SendResult>>()
+    expect(connection.waitForDrain()).type.toBe<Promise<void>>()
+  })
+  expect(app.wsManager.broadcast({ a: 1 }, { route: '/d', filter: (c) => c.userId !== null })).type.toBe<Promise<number>>()
+  expect(app.wsManager.sendToUser('u', 'hi')).type.toBe<Promise<number>>()
+  expect(app.wsManager.disconnectUser('u', { code: 4000 })).type.toBe<Promise<CloseResult[]>>()
 })
 
 test('close codes are literal numbers', () => {
