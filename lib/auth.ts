@@ -47,6 +47,11 @@ export interface AuthOptions {
   failureLimit: { max: number, timeWindow: number } | false
 }
 
+/** The `auth` option as given: every field optional, the failure limit partial too. */
+export type AuthInput = Partial<Omit<AuthOptions, 'failureLimit'>> & {
+  failureLimit?: false | Partial<{ max: number, timeWindow: number }>
+}
+
 /** What a successful authentication gives the connection. */
 export interface AuthResult {
   userId: string

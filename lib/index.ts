@@ -25,7 +25,7 @@ export type {
 export type { BackpressureOptions, BackpressurePolicy, DeliveryStats, Sendable, SendOptions, SendResult } from './delivery'
 export { MessageRouter } from './router'
 export type { MessageRoute, MessageRoutes, RouterErrorCode } from './router'
-export type { AuthOptions, AuthResult, TokenSource } from './auth'
+export type { AuthInput, AuthOptions, AuthResult, TokenSource } from './auth'
 export type { UpgradeRateLimitOptions } from './admission'
 export type { MessageLimitStats, MessageRateLimitOptions, OriginPolicy } from './limits'
 export { ManagedWebSocket } from './socket'

@@ -1,5 +1,5 @@
 import type { UpgradeRateLimitOptions } from './admission'
-import type { AuthOptions } from './auth'
+import type { AuthInput, AuthOptions } from './auth'
 import { resolveCompressionProfile, type CompressionOption, type CompressionSettings } from './compression'
 import type { BackpressureOptions, BackpressurePolicy } from './delivery'
 import { isSendableCloseCode } from './errors'
@@ -41,7 +41,7 @@ export interface WsManagerOptions {
    * `false`; `true` or an object of {@link AuthOptions} to tune it.
    * @default true
    */
-  auth?: boolean | Partial<AuthOptions>
+  auth?: boolean | AuthInput
   /**
    * Origins allowed to open a WebSocket from a browser: 'same-origin' (the Origin's host must
    * equal the request's host), '*', a list of strings and RegExps, or a function.

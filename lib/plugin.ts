@@ -7,6 +7,7 @@ import rateLimit from '@fastify/rate-limit'
 import type WebSocket from 'ws'
 import { createAdmissionHook, createCapsHook, upgradeRateKey, type AdmissionSettings, type CreateRateLimit } from './admission'
 import { Authenticator, createProtocolSelector, createUrlRedactor } from './auth'
+import { isCompressionError } from './compression'
 import type { RouteSettings } from './connection'
 import { errors } from './errors'
 import { isFrameSizeError } from './frame-size'
@@ -43,11 +44,6 @@ function isWebSocketRoute (routeOptions: RouteOptions): boolean {
 function appendHook<T> (existing: T | T[] | undefined, hook: T): T[] {
   if (existing === undefined) return [hook]
   return Array.isArray(existing) ? [...existing, hook] : [existing, hook]
-}
-
-function isZlibError (err: Error): boolean {
-  const code = (err as { code?: unknown }).code
-  return typeof code === 'string' && code.startsWith('Z_')
 }
 
 function noop (): void {}
@@ -174,7 +170,7 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
         manager.frames.recordViolation(connection.userId, connection.id)
         return
       }
-      if (connection !== null && connection.compressing && isZlibError(error)) {
+      if (connection !== null && connection.compressing && isCompressionError(error)) {
         manager.compression.recordError(socket, error)
         return
       }
