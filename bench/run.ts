@@ -1,0 +1,271 @@
+// The benchmark orchestrator (issue 7): what the plugin costs next to raw ws and bare
+// @fastify/websocket, in one run.
+//
+//   npm run bench                       full run, under 5 minutes; updates BENCHMARKS.md
+//   npm run bench -- --quick            under a minute, fewer rounds and smaller counts
+//   npm run bench -- --only echo,slow   some scenarios (echo, capacity, compression, heartbeat, slow)
+//   npm run bench -- --rounds 5         rounds for every scenario
+//   npm run bench -- --profile plugin   CPU-profile that system's measurement windows, summarize
+//                                       (figures of a profiled run are not for the table)
+//
+// Each system in each round gets a fresh server child (bench/server-process.ts); one
+// generator child (bench/generator.ts) drives them all from raw sockets on 127.0.0.0/8.
+// Systems are interleaved round by round (A B C, A B C, ...) and ratios are taken per round.
+// Figures go to bench/results/latest.json; the table is printed, and a full run writes it
+// into BENCHMARKS.md between its result markers.
+
+import { execFileSync, fork } from 'node:child_process'
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { cpus, totalmem } from 'node:os'
+import { join } from 'node:path'
+import { parseArgs } from 'node:util'
+import { Peer } from './ipc'
+import { summarizeProfile } from './profile'
+import { buildTable, markdownTable, textTable, type Collected, type TableRow } from './report'
+import { FULL, QUICK, remote, SCENARIOS, type Context, type ServerHandle } from './scenarios'
+import type { GeneratorApi } from './generator'
+import type { ServerApi, ServerReady } from './server-process'
+import { SYSTEMS, type ServerSpec } from './servers'
+
+const { values: args } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    only: { type: 'string' },
+    rounds: { type: 'string' },
+    profile: { type: 'string' },
+    out: { type: 'string', default: join(__dirname, 'results', 'latest.json') },
+    'no-md': { type: 'boolean', default: false },
+    help: { type: 'boolean', default: false }
+  }
+})
+
+const ROOT = join(__dirname, '..')
+const PROFILE_DIR = join(__dirname, 'results', 'profiles')
+const BENCHMARKS_MD = join(ROOT, 'BENCHMARKS.md')
+const MARK_START = '<!-- bench-results:start -->'
+const MARK_END = '<!-- bench-results:end -->'
+// Children load TypeScript through tsx's CommonJS hook: a third of the start-up of --import tsx.
+const TS = ['--require', 'tsx/cjs']
+
+const quick = args.quick === true
+const params = quick ? QUICK : FULL
+const live = new Set<Peer>()
+let current = { scenario: '', round: 0 }
+
+function log (msg: string): void {
+  process.stderr.write(`${msg}\n`)
+}
+
+function killAll (): void {
+  for (const peer of live) peer.kill()
+}
+
+async function startServer (spec: ServerSpec): Promise<ServerHandle> {
+  const argv = [JSON.stringify(spec)]
+  if (args.profile === spec.system) argv.push(join(PROFILE_DIR, `${current.scenario}-${spec.system.replace('+', '-')}-r${current.round}`))
+  const child = fork(join(__dirname, 'server-process.ts'), argv, { execArgv: [...TS, '--expose-gc'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+  const peer = new Peer(`server ${spec.system}`, child)
+  live.add(peer)
+  try {
+    const ready = await new Promise<ServerReady>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`server ${spec.system} did not start within 30 s`)), 30_000)
+      child.on('message', (msg: { ready?: ServerReady }) => {
+        if (msg.ready === undefined) return
+        clearTimeout(timer)
+        resolve(msg.ready)
+      })
+      child.once('exit', (code) => {
+        clearTimeout(timer)
+        reject(new Error(`server ${spec.system} exited with code ${String(code)} before it was ready`))
+      })
+    })
+    return {
+      server: remote<ServerApi>(peer),
+      ready,
+      stop: async () => {
+        await peer.stop()
+        live.delete(peer)
+      }
+    }
+  } catch (err) {
+    peer.kill()
+    live.delete(peer)
+    throw err
+  }
+}
+
+function machine (): Record<string, unknown> {
+  const cpuinfo = readFileSync('/proc/cpuinfo', 'utf8')
+  const model = /^model name\s*:\s*(.*)$/m.exec(cpuinfo)?.[1] ?? cpus()[0]?.model ?? 'unknown'
+  const version = (pkg: string): string => (JSON.parse(readFileSync(require.resolve(`${pkg}/package.json`), 'utf8')) as { version: string }).version
+  let commit = 'unknown'
+  try {
+    commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim()
+    const dirty = execFileSync('git', ['status', '--porcelain', '--', 'lib'], { cwd: ROOT, encoding: 'utf8' }).trim()
+    if (dirty !== '') commit += ' + uncommitted lib/ changes'
+  } catch {}
+  return {
+    cpu: model,
+    cores: cpus().length,
+    memoryGiB: Math.round(totalmem() / 1024 ** 3),
+    node: process.version,
+    ws: version('ws'),
+    fastify: version('fastify'),
+    fastifyWebsocket: version('@fastify/websocket'),
+    commit
+  }
+}
+
+function saturation (table: TableRow[]): string[] {
+  const out: string[] = []
+  const pairs = table.filter((r) => r.label.endsWith('server CPU (share of a core)'))
+  for (const serverRow of pairs) {
+    const prefix = serverRow.label.slice(0, serverRow.label.indexOf(':'))
+    const genRow = table.find((r) => r.label === `${prefix}: generator CPU (share of a core)`)
+    if (genRow === undefined) continue
+    const parts = SYSTEMS.filter((s) => serverRow.summaries[s] != null && genRow.summaries[s] != null).map((s) =>
+      `${s} ${(serverRow.summaries[s]?.median ?? 0).toFixed(2)} vs ${(genRow.summaries[s]?.median ?? 0).toFixed(2)}`)
+    out.push(`${prefix}: server vs generator CPU (cores): ${parts.join('; ')}`)
+  }
+  return out
+}
+
+function markdown (meta: Record<string, unknown>, table: TableRow[], notes: string[]): string {
+  const m = meta.machine as Record<string, string | number>
+  return [
+    `Run ${String(meta.date)} (${String(meta.mode)}, ${String(meta.durationS)} s) on ${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB; ` +
+      `Node ${m.node}, ws ${m.ws}, fastify ${m.fastify}, @fastify/websocket ${m.fastifyWebsocket}; commit ${m.commit}.`,
+    '',
+    'Cells: median (min–max) over rounds. "compare" is taken round by round, then the median (min–max) of those.',
+    '',
+    markdownTable(table),
+    '',
+    ...notes.map((n) => `- ${n}`)
+  ].join('\n')
+}
+
+function updateBenchmarksMd (section: string): void {
+  let text: string
+  try {
+    text = readFileSync(BENCHMARKS_MD, 'utf8')
+  } catch {
+    log('BENCHMARKS.md not found; table not written there')
+    return
+  }
+  const start = text.indexOf(MARK_START)
+  const end = text.indexOf(MARK_END)
+  if (start === -1 || end < start) {
+    log('BENCHMARKS.md has no result markers; table not written there')
+    return
+  }
+  writeFileSync(BENCHMARKS_MD, `${text.slice(0, start + MARK_START.length)}\n${section}\n${text.slice(end)}`)
+  log('BENCHMARKS.md updated')
+}
+
+async function main (): Promise<void> {
+  if (args.help === true) {
+    console.log(readFileSync(__filename, 'utf8').split('\n').filter((l) => l.startsWith('//')).map((l) => l.slice(3)).join('\n'))
+    return
+  }
+  const only = args.only?.split(',')
+  const scenarios = SCENARIOS.filter((s) => only === undefined || only.includes(s.id))
+  if (scenarios.length === 0) throw new Error(`no scenario matches --only ${String(args.only)}; have ${SCENARIOS.map((s) => s.id).join(', ')}`)
+  if (args.profile !== undefined && !(SYSTEMS as readonly string[]).includes(args.profile)) {
+    throw new Error(`--profile takes one of ${SYSTEMS.join(', ')}`)
+  }
+  if (args.profile !== undefined) {
+    rmSync(PROFILE_DIR, { recursive: true, force: true })
+    mkdirSync(PROFILE_DIR, { recursive: true })
+  }
+  const started = performance.now()
+  // The harness stops by itself whatever happens: past this, every child is killed.
+  const watchdog = setTimeout(() => {
+    log('watchdog: the run took too long, stopping')
+    killAll()
+    process.exit(3)
+  }, quick ? 150_000 : 600_000)
+
+  const generatorPeer = new Peer('generator', fork(join(__dirname, 'generator.ts'), [], { execArgv: TS, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }))
+  live.add(generatorPeer)
+  const ctx: Context = { generator: remote<GeneratorApi>(generatorPeer), params, startServer }
+  // Other work on the machine skews every figure; say so up front and in the record.
+  const calibration = await ctx.generator.call('calibrate', { ms: 1000 })
+  log(`machine busy with other work: ${calibration.machineBusy.toFixed(2)} cores; one empty timer wakeup costs ${calibration.wakeupUs.toFixed(0)} µs of CPU here`)
+  if (calibration.machineBusy > 0.25) log('warning: the machine is not idle; figures will be noisy')
+  const collected: Collected = {}
+  const details: Record<string, unknown[]> = {}
+  const failures: string[] = []
+
+  for (const scenario of scenarios) {
+    const rounds = args.rounds === undefined ? scenario.rounds[quick ? 'quick' : 'full'] : Number(args.rounds)
+    collected[scenario.id] = { systems: [...scenario.systems], rounds: [] }
+    details[scenario.id] = []
+    for (let round = 1; round <= rounds; round++) {
+      current = { scenario: scenario.id, round }
+      const figures: Record<string, Record<string, Record<string, number | null>> | null> = {}
+      const roundDetail: Record<string, unknown> = {}
+      for (const system of scenario.systems) {
+        const t0 = performance.now()
+        try {
+          const result = await scenario.run(ctx, system)
+          figures[system] = result.rows
+          roundDetail[system] = result.detail
+        } catch (err) {
+          figures[system] = null
+          const msg = `${scenario.id} round ${round} ${system}: ${err instanceof Error ? err.message : String(err)}`
+          failures.push(msg)
+          log(`FAILED ${msg}`)
+          // A failed run may leave connections behind; start the next one clean.
+          await ctx.generator.call('closeAll', {}, 15_000).catch(() => {})
+        }
+        log(`[${scenario.id}] round ${round}/${rounds} ${system.padEnd(14)} ${((performance.now() - t0) / 1000).toFixed(1)} s`)
+      }
+      collected[scenario.id].rounds.push(figures)
+      details[scenario.id].push(roundDetail)
+    }
+  }
+  await generatorPeer.stop()
+  live.delete(generatorPeer)
+  clearTimeout(watchdog)
+
+  const table = buildTable(collected, params)
+  const meta = {
+    date: new Date().toISOString().slice(0, 16).replace('T', ' ') + ' UTC',
+    mode: quick ? 'quick' : 'full',
+    durationS: Math.round((performance.now() - started) / 1000),
+    machine: machine(),
+    calibration
+  }
+  const notes = [
+    `Machine before the run: ${calibration.machineBusy.toFixed(2)} cores busy with other work; ` +
+      `an empty timer wakeup cost ${calibration.wakeupUs.toFixed(0)} µs of CPU.`,
+    ...saturation(table),
+    ...failures.map((f) => `FAILED: ${f}`)
+  ]
+  console.log(`\n${textTable(table)}\n`)
+  for (const n of notes) console.log(n)
+  console.log(`\n${String(meta.mode)} run in ${meta.durationS} s`)
+
+  mkdirSync(join(__dirname, 'results'), { recursive: true })
+  const out = args.out as string
+  writeFileSync(out, JSON.stringify({ meta, params, table, figures: collected, details, failures }, null, 1) + '\n')
+  log(`figures written to ${out}`)
+  if (!quick && only === undefined && args.rounds === undefined && args['no-md'] !== true) {
+    updateBenchmarksMd(markdown(meta, table, notes))
+  }
+
+  if (args.profile !== undefined) {
+    for (const file of readdirSync(PROFILE_DIR).filter((f) => f.endsWith('.cpuprofile')).sort()) {
+      const summary = summarizeProfile(join(PROFILE_DIR, file))
+      writeFileSync(join(PROFILE_DIR, file.replace(/\.cpuprofile$/, '.txt')), summary + '\n')
+      console.log(`\n${summary}`)
+    }
+  }
+  if (failures.length > 0) process.exitCode = 1
+}
+
+main().catch((err: unknown) => {
+  console.error(err)
+  killAll()
+  process.exit(1)
+})
