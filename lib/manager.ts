@@ -192,13 +192,20 @@ export class WsManager implements ConnectionHost {
 
   /** Counts of healthy and unhealthy connections and the mean latency, from the heartbeat. */
   async checkConnectionHealth (): Promise<HealthReport> {
-    const active = this.#registry.size
-    const hb = this.heartbeat.getStats()
+    // A connection the heartbeat gave up on is untracked at once but stays in the registry
+    // until its close finishes: only open ones count, and those are judged by the heartbeat.
+    let active = 0
+    let unhealthy = 0
+    for (const connection of this.#registry) {
+      if (connection.state !== 'open') continue
+      active++
+      if (this.heartbeat.isTracked(connection.socket) && !this.heartbeat.isConnectionHealthy(connection.socket)) unhealthy++
+    }
     return {
       activeConnections: active,
-      healthyConnections: active - hb.unhealthy,
-      unhealthyConnections: hb.unhealthy,
-      averageLatency: hb.averageLatency
+      healthyConnections: active - unhealthy,
+      unhealthyConnections: unhealthy,
+      averageLatency: this.heartbeat.getStats().averageLatency
     }
   }
 

@@ -73,8 +73,9 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
   }
 
   // The upgrade rate limit runs through @fastify/rate-limit so that the application's store
-  // (Redis included) is shared; without one registered, the plugin brings its own.
-  if (options.upgradeRateLimit !== false && !fastify.hasDecorator('createRateLimit')) {
+  // (Redis included) is shared; without one registered, the plugin brings its own, even when
+  // the plugin-wide limit is off, since a route may still set one.
+  if (!fastify.hasDecorator('createRateLimit')) {
     await fastify.register(rateLimit, { global: false })
   }
   const originAllowed = createOriginCheck(options.allowedOrigins, options.requireOrigin)

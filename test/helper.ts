@@ -138,3 +138,41 @@ export function socketClosed (socket: import('node:net').Socket, ms = 5000): Pro
     socket.resume()
   })
 }
+
+/**
+ * A client whose messages are queued from the moment it exists, for servers that send on
+ * open: a message can arrive in the same read as the 101 response, before a listener
+ * attached after `open` would see it.
+ */
+export async function connectQueued (t: TestContext, url: string, options: ClientOptions = {}): Promise<{ ws: WebSocket, next: (ms?: number) => Promise<string> }> {
+  const ws = new WebSocket(url, options)
+  t.after(() => ws.terminate())
+  const queue: string[] = []
+  let wake: (() => void) | null = null
+  ws.on('message', (data) => {
+    queue.push(data.toString())
+    wake?.()
+  })
+  await new Promise<void>((resolve, reject) => {
+    ws.once('open', resolve)
+    ws.once('error', reject)
+    ws.once('unexpected-response', (_req, res) => reject(new Error(`unexpected response ${res.statusCode}`)))
+  })
+  async function next (ms = 5000): Promise<string> {
+    const deadline = Date.now() + ms
+    while (queue.length === 0) {
+      const left = deadline - Date.now()
+      if (left <= 0) throw new Error(`no message within ${ms} ms`)
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, left)
+        wake = () => {
+          clearTimeout(timer)
+          wake = null
+          resolve()
+        }
+      })
+    }
+    return queue.shift() as string
+  }
+  return { ws, next }
+}

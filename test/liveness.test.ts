@@ -164,12 +164,8 @@ test('a raw TCP peer that answers nothing is terminated within the bound plus th
 })
 
 test('a connection the heartbeat found dead is not reported healthy while its close is pending', {
-  // lib/manager.ts checkConnectionHealth() computes healthy as registry.size - heartbeat
-  // unhealthy. The heartbeat untracks a dead socket before the plugin closes it, and the
-  // registry keeps it for up to close.timeout (a silent peer), so for that long it counts as
-  // active and healthy. Fix: count only connections in state 'open' as active, and as
-  // unhealthy those the heartbeat tracks with a miss outstanding. Drop this todo with the fix.
-  todo: 'manager.ts counts a closing, dead connection as healthy'
+  // The heartbeat untracks a dead socket before the plugin closes it; the registry keeps it
+  // for up to close.timeout (a silent peer), and it must not count as active and healthy.
 }, async (t) => {
   const { app, url } = await start(t, { heartbeat: { pingInterval: 100, pongTimeout: 50, maxMissedPongs: 2 }, idleTimeout: 0, close: { timeout: 1000 } })
   await rawPeer(t, url, '/ws')

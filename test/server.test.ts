@@ -4,7 +4,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { readdirSync } from 'node:fs'
 import { connect as netConnect, type Socket } from 'node:net'
 import { join } from 'node:path'
-import { closed, connect, nextMessage, socketClosed, waitFor } from './helper'
+import { closed, connectQueued, socketClosed, waitFor } from './helper'
 
 const root = join(__dirname, '..')
 
@@ -45,20 +45,18 @@ function rawConnect (t: TestContext, port: number): Promise<Socket> {
 test('the reference server routes chat, whispers, echoes binary, reports health and closes with 1001 on SIGTERM', async (t) => {
   const server = await start(t)
   const headers = { authorization: `Bearer ${server.token}` }
-  const a = await connect(t, server.url + '/ws', { headers })
-  const welcome = JSON.parse(await nextMessage(a))
+  const { ws: a, next: nextA } = await connectQueued(t, server.url + '/ws', { headers })
+  const welcome = JSON.parse(await nextA())
   assert.equal(welcome.type, 'welcome')
   assert.equal(welcome.userId, 'dev-user')
-  const b = await connect(t, server.url + '/ws', { headers })
-  await nextMessage(b)
+  const { ws: b, next: nextB } = await connectQueued(t, server.url + '/ws', { headers })
+  assert.equal(JSON.parse(await nextB()).type, 'welcome')
 
-  const toB = nextMessage(b)
   a.send(JSON.stringify({ type: 'chat', text: 'hello all' }))
-  assert.deepEqual(JSON.parse(await toB), { type: 'chat', from: 'dev-user', text: 'hello all' })
-  const replies: unknown[] = []
+  assert.deepEqual(JSON.parse(await nextB()), { type: 'chat', from: 'dev-user', text: 'hello all' })
+  const replies: unknown[] = [JSON.parse(await nextA()), JSON.parse(await nextA())]
+  assert.ok(replies.some((r) => JSON.stringify(r) === JSON.stringify({ type: 'sent', delivered: 2 })), JSON.stringify(replies))
   a.on('message', (data) => replies.push(JSON.parse(data.toString())))
-  await waitFor(() => replies.some((r) => (r as { type: string }).type === 'sent'))
-  assert.ok(replies.some((r) => JSON.stringify(r) === JSON.stringify({ type: 'sent', delivered: 2 })))
 
   a.send(JSON.stringify({ type: 'chat' }))
   await waitFor(() => replies.some((r) => (r as { code?: string }).code === 'INVALID_MESSAGE'))
