@@ -80,8 +80,30 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
   }
   const originAllowed = createOriginCheck(options.allowedOrigins, options.requireOrigin)
 
+  // One listener function for every managed socket. Errors of the application's handler
+  // never come here (the wrapper contains them): these are 'error' events of the socket,
+  // after which ws closes it with the right code.
+  function onSocketError (this: ManagedWebSocket, error: Error): void {
+    const connection = this.connection
+    if (connection === null) return
+    if (isFrameSizeError(error)) {
+      // The frame-size validator logs the violation itself, with user and connection.
+      manager.frames.recordViolation(connection.userId, connection.id)
+    } else if (connection.compressing && isCompressionError(error)) {
+      manager.compression.recordError(this, error)
+    } else {
+      connection.log.warn({ err: error }, 'connection error')
+    }
+  }
+
   function wrap (handler: WebsocketHandler, route: string, settings: RouteSettings): WebsocketHandler {
     return function managedHandler (this: FastifyInstance, socket: WebSocket, request: FastifyRequest) {
+      // @fastify/websocket's 'error' listener closes over the request and reply, and the HTTP
+      // response stays attached to the TCP socket: both would live as long as the connection.
+      socket.removeAllListeners('error')
+      socket.on('error', onSocketError as (this: WebSocket, error: Error) => void)
+      const tcp = (socket as unknown as { _socket?: { _httpMessage?: { detachSocket?: (s: unknown) => void } | null } })._socket
+      tcp?._httpMessage?.detachSocket?.(tcp)
       let connection
       try {
         connection = manager.accept(socket as ManagedWebSocket, request, route, settings)
@@ -162,21 +184,10 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
       // ws 8.18+ bounds its own close handshakes (protocol errors, 1009) with this.
       ...({ closeTimeout: options.close.timeout })
     },
-    // Errors of the application's handler never get here: the wrapper above contains them.
-    // What comes is an 'error' event of the socket, after which ws closes it with the right code.
-    errorHandler (error, socket, request) {
-      const connection = (socket as ManagedWebSocket).connection
-      if (connection !== null && isFrameSizeError(error)) {
-        // The frame-size validator logs the violation itself, with user and connection.
-        manager.frames.recordViolation(connection.userId, connection.id)
-        return
-      }
-      if (connection !== null && connection.compressing && isCompressionError(error)) {
-        manager.compression.recordError(socket, error)
-        return
-      }
-      const log = connection === null ? request.log : connection.log
-      log.warn({ err: error }, 'connection error')
+    // Managed sockets get onSocketError instead; this one serves sockets of routes that are
+    // not WebSocket routes, which @fastify/websocket closes at once.
+    errorHandler (error, _socket, request) {
+      request.log.warn({ err: error }, 'connection error')
     },
     async preClose () {
       for (const listener of listenServer.listeners('upgrade')) {

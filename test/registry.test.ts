@@ -146,3 +146,26 @@ test('1,000 connect/disconnect cycles by every way out leave the registry empty 
   assert.equal(app.server.listenerCount('upgrade'), upgradeListeners)
   await waitFor(() => timers() <= baseTimers, 2000, 'timers to be cleared')
 })
+
+test('an open connection keeps neither its request nor its HTTP response alive', async (t) => {
+  const { setFlagsFromString } = await import('node:v8')
+  const { runInNewContext } = await import('node:vm')
+  setFlagsFromString('--expose-gc')
+  const gc = runInNewContext('gc') as () => void
+  const app = await build(t, { auth: false })
+  const refs: Array<WeakRef<object>> = []
+  app.get('/ws', { websocket: true }, (_socket, request) => {
+    refs.push(new WeakRef(request), new WeakRef(request.raw))
+  })
+  const url = await listen(app)
+  const client = await connect(t, url + '/ws')
+  await waitFor(() => refs.length === 2)
+  client.send('still open')
+  for (let i = 0; i < 20 && refs.some((r) => r.deref() !== undefined); i++) {
+    await new Promise((resolve) => setTimeout(resolve, 20))
+    gc()
+  }
+  assert.equal(app.wsManager.connections.size, 1)
+  assert.equal(refs[0].deref(), undefined, 'the FastifyRequest was collected')
+  assert.equal(refs[1].deref(), undefined, 'the IncomingMessage was collected')
+})
