@@ -1,5 +1,5 @@
 import type { FastifyReply, FastifyRequest, HookHandlerDoneFunction, onRequestAsyncHookHandler } from 'fastify'
-import { UpgradeRefusal, type AuthResult, type Authenticator } from './auth'
+import { ipKey, UpgradeRefusal, type AuthResult, type Authenticator } from './auth'
 import type { OriginPolicy } from './limits'
 import type { WsManager } from './manager'
 
@@ -24,7 +24,7 @@ export interface AdmissionSettings {
 /** The authenticated identity of an upgrade, kept on the request until the connection exists. */
 export const kAuth = Symbol('fastify-ws-manager.auth')
 
-type RequestWithAuth = FastifyRequest & { [kAuth]?: AuthResult, user?: unknown }
+type RequestWithAuth = FastifyRequest & { [kAuth]?: AuthResult }
 
 // isAllowed means "on the allow list"; isExceeded is the verdict.
 interface RateLimitResult { isAllowed: boolean, isExceeded?: boolean, isBanned?: boolean, ttlInSeconds?: number, max?: number }
@@ -70,11 +70,10 @@ export function createAdmissionHook (manager: WsManager, settings: AdmissionSett
       return refuse(manager, request, reply, new UpgradeRefusal(403, 'Origin not allowed', `origin ${String(request.headers.origin).slice(0, 200)}`))
     }
     if (settings.authenticator !== null) {
-      const result = settings.authenticator.authenticate(request)
+      const result = await settings.authenticator.authenticate(request)
       if (result instanceof UpgradeRefusal) return refuse(manager, request, reply, result)
-      const req = request as RequestWithAuth
-      req[kAuth] = result
-      req.user = result.user
+      // request.user was set by @fastify/jwt (formatUser applied); the claims go to the connection.
+      ;(request as RequestWithAuth)[kAuth] = result
     }
     const rateLimit = limiter()
     if (rateLimit !== null) {
@@ -125,7 +124,7 @@ export function createCapsHook (manager: WsManager, settings: AdmissionSettings)
 export function upgradeRateKey (route: string) {
   return function keyOf (request: FastifyRequest): string {
     const auth = authOf(request)
-    return auth === undefined ? `ws:${route}:ip:${request.ip}` : `ws:${route}:user:${auth.userId}`
+    return auth === undefined ? `ws:${route}:ip:${ipKey(request.ip)}` : `ws:${route}:user:${auth.userId}`
   }
 }
 

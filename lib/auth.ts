@@ -82,17 +82,20 @@ export const kQueryToken = Symbol('fastify-ws-manager.queryToken')
 type RawWithToken = IncomingMessage & { [kQueryToken]?: string }
 
 /**
- * An 'upgrade' listener that runs before @fastify/websocket's: it removes the token
- * parameter from the URL, so Fastify's "incoming request" line and every later log line
- * see the URL without it, and keeps the token on the raw request.
+ * A 'request' and 'upgrade' listener that runs before Fastify's: it removes the token
+ * parameter from the URL (matched by its decoded name, so `access%5Ftoken` is caught too),
+ * so Fastify's "incoming request" line and every later log line see the URL without it, and
+ * keeps the token on the raw request. Plain requests get it too: a proxy that drops the
+ * Upgrade header still sends the URL.
  */
 export function createUrlRedactor (param: string): (request: IncomingMessage) => void {
-  const needle = `${param}=`
   return function redactTokenFromUrl (request: IncomingMessage): void {
     const url = request.url
-    if (url === undefined || !url.includes(needle)) return
+    if (url === undefined) return
     const q = url.indexOf('?')
     if (q === -1) return
+    // Cheap test first: most URLs carry neither the name nor an escape.
+    if (!url.includes(param, q) && !url.includes('%', q)) return
     const params = new URLSearchParams(url.slice(q + 1))
     const token = params.get(param)
     if (token === null) return
@@ -155,6 +158,25 @@ export function extractToken (request: FastifyRequest, options: AuthOptions, coo
   return null
 }
 
+// Only called on a token the verifier accepted, so its payload segment is well-formed JSON.
+function decodePayload (token: string): Record<string, unknown> {
+  const start = token.indexOf('.') + 1
+  return JSON.parse(Buffer.from(token.slice(start, token.indexOf('.', start)), 'base64url').toString('utf8')) as Record<string, unknown>
+}
+
+/**
+ * The key an IP is counted under: IPv4 as it is, IPv6 by its /64 prefix, since a single
+ * client usually holds a whole /64 and could rotate through it.
+ */
+export function ipKey (ip: string): string {
+  if (!ip.includes(':') || ip.startsWith('::ffff:')) return ip
+  const [head, tail] = ip.split('::')
+  const left = head === '' ? [] : head.split(':')
+  const right = tail === undefined || tail === '' ? [] : tail.split(':')
+  const groups = tail === undefined ? left : [...left, ...Array(8 - left.length - right.length).fill('0'), ...right]
+  return `${groups.slice(0, 4).map((g) => g.toLowerCase().replace(/^0+(?=.)/, '')).join(':')}::/64`
+}
+
 /** The `alg` of a token's header, without verifying anything; null when unreadable. */
 export function headerAlgorithm (token: string): string | null {
   const dot = token.indexOf('.')
@@ -168,10 +190,11 @@ export function headerAlgorithm (token: string): string | null {
 }
 
 interface JwtDecorator {
-  verify: (token: string) => Record<string, unknown>
   options?: { verify?: { algorithms?: string[] }, sign?: { algorithm?: string } }
   cookie?: CookieSettings
 }
+
+type VerifiableRequest = FastifyRequest & { jwtVerify: () => Promise<unknown> }
 
 const UNAUTHORIZED = 'Bearer realm="websocket"'
 
@@ -182,6 +205,10 @@ function invalidToken (message: string, reason: string): UpgradeRefusal {
 }
 
 const FAST_JWT_MESSAGES: Record<string, string> = {
+  FST_JWT_AUTHORIZATION_TOKEN_EXPIRED: 'token expired',
+  FST_JWT_AUTHORIZATION_TOKEN_INVALID: 'token is invalid',
+  FST_JWT_AUTHORIZATION_TOKEN_UNTRUSTED: 'token is not trusted',
+  FST_JWT_AUTHORIZATION_TOKEN_UNSIGNED: 'token has no signature',
   FAST_JWT_EXPIRED: 'token expired',
   FAST_JWT_INACTIVE: 'token not yet valid',
   FAST_JWT_INVALID_SIGNATURE: 'token signature is invalid',
@@ -269,16 +296,16 @@ export class Authenticator {
   }
 
   /** Verifies the request's token; a refusal says the status and message to answer with. */
-  authenticate (request: FastifyRequest): AuthResult | UpgradeRefusal {
+  async authenticate (request: FastifyRequest): Promise<AuthResult | UpgradeRefusal> {
     const now = Date.now()
-    const ip = request.ip
+    const ip = ipKey(request.ip)
     if (this.#failures !== null) {
       const wait = this.#failures.blockedFor(ip, now)
       if (wait > 0) {
         return new UpgradeRefusal(429, 'Too many failed authentications', 'auth failures over budget', { 'retry-after': String(wait) })
       }
     }
-    const result = this.#verify(request)
+    const result = await this.#verify(request)
     if (result instanceof UpgradeRefusal) {
       this.#failed++
       this.#failures?.fail(ip, now)
@@ -286,7 +313,7 @@ export class Authenticator {
     return result
   }
 
-  #verify (request: FastifyRequest): AuthResult | UpgradeRefusal {
+  async #verify (request: FastifyRequest): Promise<AuthResult | UpgradeRefusal> {
     const found = extractToken(request, this.#options, this.#cookie)
     if (found === null) {
       return new UpgradeRefusal(401, 'Missing bearer token', 'no token', { 'www-authenticate': UNAUTHORIZED })
@@ -294,14 +321,23 @@ export class Authenticator {
     const alg = headerAlgorithm(found.token)
     if (alg === null) return invalidToken('token is malformed', `malformed token (${found.source})`)
     if (!this.#algorithms.has(alg)) return invalidToken('token algorithm is not allowed', `algorithm ${alg.slice(0, 16)} refused (${found.source})`)
-    let payload: Record<string, unknown>
+    // request.jwtVerify() is what runs the application's @fastify/jwt settings in full: its
+    // cached verifier, key callbacks, `trusted` (revocation) and `formatUser`. It reads the
+    // Authorization header, so a token from another source is put there for the call only.
+    const headers = request.headers
+    const original = headers.authorization
+    headers.authorization = `Bearer ${found.token}`
     try {
-      payload = this.#jwt.verify(found.token)
+      await (request as VerifiableRequest).jwtVerify()
     } catch (err) {
       const code = (err as { code?: string }).code ?? ''
       const message = FAST_JWT_MESSAGES[code] ?? 'token is invalid'
       return invalidToken(message, `${code || 'verify failed'} (${found.source})`)
+    } finally {
+      if (original === undefined) delete headers.authorization
+      else headers.authorization = original
     }
+    const payload = decodePayload(found.token)
     const id = payload[this.#options.userIdClaim]
     if ((typeof id !== 'string' || id === '') && typeof id !== 'number') {
       return invalidToken(`token has no "${this.#options.userIdClaim}" claim`, 'no user id claim')

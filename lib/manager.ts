@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type WebSocket from 'ws'
 import { authOf } from './admission'
+import { ipKey } from './auth'
 import { GracefulCloseManager, type CloseRequest, type CloseResult, type CloseStats } from './close'
 import { CompressionManager, type CompressionStats } from './compression'
 import { Connection, type ConnectionHost, type MessageHook, type RouteSettings } from './connection'
@@ -145,8 +146,6 @@ export class WsManager implements ConnectionHost {
   readonly messageLimiter: MessageRateLimiter | null
   /** The validated options in force. */
   readonly options: ResolvedOptions
-  /** @internal Routes that authenticate their upgrades. */
-  authRoutes = 0
   readonly #registry: LocalConnectionRegistry
   readonly #log: FastifyBaseLogger
   #shuttingDown = false
@@ -335,7 +334,7 @@ export class WsManager implements ConnectionHost {
       settings,
       closeAt: auth === undefined ? Infinity : auth.closeAt,
       // Without auth the bucket is the IP's: one client cannot dodge it by opening more sockets.
-      rateBucket: limiter === null ? null : limiter.acquire(userId ?? `ip:${request.ip}`, Date.now())
+      rateBucket: limiter === null ? null : limiter.acquire(userId ?? `ip:${ipKey(request.ip)}`, Date.now())
     })
     socket[kAttach](connection)
     this.#registry.add(connection)

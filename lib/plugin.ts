@@ -67,9 +67,13 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
   if (auth !== false) {
     if (fastify.hasDecorator('jwt')) authenticator = new Authenticator(fastify, auth)
     fastify.addHook('onReady', async () => {
-      if (authenticator === null && manager.authRoutes > 0) authenticator = new Authenticator(fastify, auth)
+      authenticator ??= new Authenticator(fastify, auth)
     })
-    if (auth.queryParam !== false) listenServer.prependListener('upgrade', createUrlRedactor(auth.queryParam))
+    if (auth.queryParam !== false) {
+      const redactor = createUrlRedactor(auth.queryParam)
+      listenServer.prependListener('upgrade', redactor)
+      listenServer.prependListener('request', redactor)
+    }
   }
 
   // The upgrade rate limit runs through @fastify/rate-limit so that the application's store
@@ -150,7 +154,6 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
       routeOptions.wsHandler = wrap(routeOptions.wsHandler as WebsocketHandler, route, settings) as typeof routeOptions.wsHandler
     }
 
-    if (config.auth) manager.authRoutes++
     const admission: AdmissionSettings = {
       get authenticator () { return config.auth ? authenticator : null },
       originAllowed,
