@@ -168,7 +168,9 @@ function decodePayload (token: string): Record<string, unknown> {
  * The key an IP is counted under: IPv4 as it is, IPv6 by its /64 prefix, since a single
  * client usually holds a whole /64 and could rotate through it.
  */
-export function ipKey (ip: string): string {
+export function ipKey (ip: string | undefined): string {
+  // Injected requests (app.injectWS) come without a socket address.
+  if (typeof ip !== 'string') return 'unknown'
   if (!ip.includes(':') || ip.startsWith('::ffff:')) return ip
   const [head, tail] = ip.split('::')
   const left = head === '' ? [] : head.split(':')

@@ -327,7 +327,7 @@ export class WsManager implements ConnectionHost {
       id,
       socket,
       route,
-      remoteAddress: request.ip,
+      remoteAddress: request.ip ?? '',
       userId,
       user: auth === undefined ? null : auth.user,
       log: request.log.child({ connectionId: id, userId, route }),
