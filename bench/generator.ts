@@ -6,6 +6,7 @@
 //
 // Commands come from bench/run.ts over IPC (see GeneratorApi).
 
+import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { connect as tcpConnect, type Socket } from 'node:net'
 import { cpus } from 'node:os'
@@ -42,10 +43,12 @@ export interface ConnectResult extends CpuWindow {
 
 export interface EchoArgs {
   bytes: number
-  /** Messages each connection keeps in flight. */
+  /** Messages each connection sends at once, in one write, when the previous batch came back. */
   inFlight: number
   /** Safety stop, in case the orchestrator never says stop. */
   maxMs: number
+  /** Only the connections to this server port; all when unset. */
+  port?: number
 }
 
 export interface Counts extends CpuWindow {
@@ -79,6 +82,7 @@ function sourceAddress (): string {
 }
 
 const totals = { messages: 0, bytes: 0, pings: 0, closes: 0 }
+const PROBE = Buffer.alloc(64, 'a')
 
 interface Echo {
   running: boolean
@@ -89,6 +93,7 @@ let echo: Echo | null = null
 class Client {
   readonly socket: Socket
   readonly reader: FrameReader
+  readonly port: number
   deflate = false
   windowBits = 15
   upgraded = false
@@ -103,6 +108,7 @@ class Client {
 
   constructor (request: Buffer, target: UpgradeRequest, upgrade: (client: Client, ok: boolean, error: string | null) => void) {
     this.#upgrade = (ok, error) => upgrade(this, ok, error)
+    this.port = target.port
     this.reader = new FrameReader({
       ping: (payload) => {
         totals.pings++
@@ -160,11 +166,11 @@ class Client {
     }
     if (messageWaiter !== null && totals.messages >= messageWaiter.target) messageWaiter.done()
     this.outstanding -= done
-    if (echo !== null && echo.running && this.batch !== null && !this.closed) {
-      // Replace what came back, in one write: the batch holds inFlight copies of the frame.
-      const k = Math.min(done, echo.inFlight)
-      this.socket.write(this.batch.subarray(0, k * this.frameLength))
-      this.outstanding += k
+    if (echo !== null && echo.running && this.batch !== null && !this.closed && this.outstanding <= 0) {
+      // Lock-step batches: the next inFlight messages go in one write once all came back, so
+      // the server always reads the same batches and runs settle to the same pattern.
+      this.socket.write(this.batch)
+      this.outstanding += echo.inFlight
     }
   }
 
@@ -277,11 +283,19 @@ const api = {
     }
   },
 
+  /** mark, then measure `ms` later, after waiting `delayMs` (see the server's timedWindow). */
+  async timedWindow (args: { delayMs: number, ms: number }): Promise<Counts> {
+    await sleep(args.delayMs)
+    api.mark()
+    await sleep(args.ms)
+    return api.measure()
+  },
+
   echoStart (args: EchoArgs): number {
     const frameFor = framesFor(exactJson(args.bytes, args.bytes))
     echo = { running: true, inFlight: args.inFlight }
     const batches = new Map<Buffer, Buffer>()
-    const targets = open()
+    const targets = open().filter((c) => args.port === undefined || c.port === args.port)
     for (const client of targets) {
       const frame = frameFor(client)
       let batch = batches.get(frame)
@@ -392,10 +406,10 @@ const api = {
     return clients.length
   },
 
-  /** Drops every connection; resolves when all sockets closed (bounded). */
-  async closeAll (): Promise<number> {
-    const all = clients
-    clients = []
+  /** Drops every connection (to one server port, or all); resolves when the sockets closed (bounded). */
+  async closeAll (args: { port?: number } = {}): Promise<number> {
+    const all = clients.filter((c) => args.port === undefined || c.port === args.port)
+    clients = clients.filter((c) => !all.includes(c))
     echo = null
     await Promise.race([
       Promise.all(all.map((c) => new Promise<void>((resolve) => {
@@ -414,7 +428,24 @@ const api = {
    * What the machine is like right now: the CPU one empty timer wakeup costs this process
    * (rate 333/s, as sparse pings), and how busy the machine is with other work.
    */
-  async calibrate (args: { ms: number }): Promise<{ wakeupUs: number, machineBusy: number }> {
+  async calibrate (args: { ms: number }): Promise<{ wakeupUs: number, machineBusy: number, cpuSpeedSpread: number }> {
+    // How steady the CPU is: the same hashing in 20 windows of 25 ms (after 4 to warm up),
+    // CPU time per hash; (90th - 10th percentile) / median. On a shared virtual machine it
+    // can be tens of percent.
+    const perHash: number[] = []
+    for (let w = 0; w < 24; w++) {
+      const c0 = process.cpuUsage()
+      const t0 = performance.now()
+      let n = 0
+      while (performance.now() - t0 < 25) {
+        createHash('sha1').update(PROBE).digest()
+        n++
+      }
+      const d = process.cpuUsage(c0)
+      if (w >= 4) perHash.push((d.user + d.system) / n)
+    }
+    perHash.sort((a, b) => a - b)
+    const cpuSpeedSpread = (perHash[17] - perHash[2]) / perHash[10]
     const cpu = process.cpuUsage()
     const at = performance.now()
     const ticks0 = machineTicks()
@@ -426,6 +457,7 @@ const api = {
     const ticks = machineTicks()
     const total = ticks.total - ticks0.total
     return {
+      cpuSpeedSpread,
       wakeupUs: cpuUs / Math.max(1, wakeups),
       machineBusy: total > 0 ? cpus().length * (ticks.busy - ticks0.busy) / total : 0
     }

@@ -27,18 +27,27 @@ interface Entry {
 
 const ROOT = relative(process.cwd(), join(__dirname, '..')) || '.'
 
+// The children run lib/ and bench/ compiled into node_modules/.cache (bench/build.ts).
+const COMPILED = '/.cache/fastify-ws-manager-bench/'
+
+function fileOf (url: string): string {
+  const file = url.replace(/^file:\/\//, '')
+  if (file.includes(COMPILED)) return file.slice(file.indexOf(COMPILED) + COMPILED.length)
+  if (file.includes('/node_modules/')) return file.replace(/^.*\/node_modules\//, '')
+  return file.replace(/^.*\/(lib|bench)\//, '$1/')
+}
+
 function keyOf (node: ProfileNode): string {
   const { functionName, url, lineNumber } = node.callFrame
-  let file = url.replace(/^file:\/\//, '')
-  file = file.includes('/node_modules/') ? file.replace(/^.*\/node_modules\//, '') : file.replace(/^.*\/(lib|bench)\//, '$1/')
-  // tsx compiles lib/*.ts without keeping lines, so only the file says where a plugin function is.
-  const where = file === '' ? '' : file.endsWith('.ts') ? file : `${file}:${lineNumber + 1}`
+  const file = fileOf(url)
+  const where = file === '' ? '' : `${file}:${lineNumber + 1}`
   return `${functionName === '' ? '(anonymous)' : functionName} ${where}`.trim()
 }
 
 function originOf (url: string, name: string): string {
   if (name === '(garbage collector)') return 'gc'
   if (name === '(idle)' || name === '(program)' || name === '(root)') return name
+  if (url.includes(COMPILED)) return url.includes(`${COMPILED}lib/`) ? 'plugin (lib/)' : 'bench harness'
   if (url.includes('/node_modules/ws/')) return 'ws'
   if (url.includes('/node_modules/@fastify/websocket/')) return '@fastify/websocket'
   if (url.includes('/node_modules/')) return 'other packages (fastify, pino, ...)'
@@ -110,7 +119,7 @@ export function summarizeProfile (file: string, top = 15): string {
   out.push('', `top ${top} functions by self time:`)
   for (const e of list.sort((a, b) => b.self - a.self).slice(0, top)) out.push(`  ${pct(e.self)}  ${e.name}`)
   out.push('', `top ${top} plugin functions (lib/) by inclusive time:`)
-  for (const e of list.filter((x) => / lib\/[\w-]+\.ts$/.test(x.name)).sort((a, b) => b.total - a.total).slice(0, top)) {
+  for (const e of list.filter((x) => / lib\/[\w-]+\.[jt]s:\d+$/.test(x.name)).sort((a, b) => b.total - a.total).slice(0, top)) {
     out.push(`  ${pct(e.total)} incl ${pct(e.self)} self  ${e.name}`)
   }
   return out.join('\n')

@@ -8,9 +8,10 @@
 //   npm run bench -- --profile plugin   CPU-profile that system's measurement windows, summarize
 //                                       (figures of a profiled run are not for the table)
 //
-// Each system in each round gets a fresh server child (bench/server-process.ts); one
-// generator child (bench/generator.ts) drives them all from raw sockets on 127.0.0.0/8.
-// Systems are interleaved round by round (A B C, A B C, ...) and ratios are taken per round.
+// Each system in each round gets fresh server children (bench/server-process.ts), one per
+// server configuration, shared by the scenarios that need it; one generator child
+// (bench/generator.ts) drives them all from raw sockets on 127.0.0.0/8. Systems are
+// interleaved round by round (A B C, A B C, ...) and ratios are taken per round.
 // Figures go to bench/results/latest.json; the table is printed, and a full run writes it
 // into BENCHMARKS.md between its result markers.
 
@@ -19,13 +20,14 @@ import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { cpus, totalmem } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
+import { BUILD_DIR, buildChildren } from './build'
 import { Peer } from './ipc'
 import { summarizeProfile } from './profile'
 import { buildTable, markdownTable, textTable, type Collected, type TableRow } from './report'
-import { FULL, QUICK, remote, SCENARIOS, type Context, type ServerHandle } from './scenarios'
+import { FULL, QUICK, remote, SCENARIOS, type Context, type Scenario, type ServerHandle } from './scenarios'
 import type { GeneratorApi } from './generator'
 import type { ServerApi, ServerReady } from './server-process'
-import { SYSTEMS, type ServerSpec } from './servers'
+import { SYSTEMS, type ServerSpec, type SystemName } from './servers'
 
 const { values: args } = parseArgs({
   options: {
@@ -44,8 +46,6 @@ const PROFILE_DIR = join(__dirname, 'results', 'profiles')
 const BENCHMARKS_MD = join(ROOT, 'BENCHMARKS.md')
 const MARK_START = '<!-- bench-results:start -->'
 const MARK_END = '<!-- bench-results:end -->'
-// Children load TypeScript through tsx's CommonJS hook: a third of the start-up of --import tsx.
-const TS = ['--require', 'tsx/cjs']
 
 const quick = args.quick === true
 const params = quick ? QUICK : FULL
@@ -63,7 +63,7 @@ function killAll (): void {
 async function startServer (spec: ServerSpec): Promise<ServerHandle> {
   const argv = [JSON.stringify(spec)]
   if (args.profile === spec.system) argv.push(join(PROFILE_DIR, `${current.scenario}-${spec.system.replace('+', '-')}-r${current.round}`))
-  const child = fork(join(__dirname, 'server-process.ts'), argv, { execArgv: [...TS, '--expose-gc'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+  const child = fork(join(BUILD_DIR, 'bench', 'server-process.js'), argv, { execArgv: ['--expose-gc'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
   const peer = new Peer(`server ${spec.system}`, child)
   live.add(peer)
   try {
@@ -92,6 +92,29 @@ async function startServer (spec: ServerSpec): Promise<ServerHandle> {
     live.delete(peer)
     throw err
   }
+}
+
+interface Session {
+  system: SystemName
+  spec: ServerSpec
+  scenarios: Scenario[]
+}
+
+// One server child per system and server configuration: the scenarios that need the same
+// server run on it one after the other, in the order of SCENARIOS. Sessions come in the order
+// they first appear, so every scenario's systems still run back to back within a round.
+function plan (scenarios: Scenario[]): Session[] {
+  const sessions = new Map<string, Session>()
+  for (const scenario of scenarios) {
+    for (const system of scenario.systems) {
+      const spec = scenario.server(system)
+      const key = JSON.stringify(spec)
+      const session = sessions.get(key)
+      if (session === undefined) sessions.set(key, { system, spec, scenarios: [scenario] })
+      else session.scenarios.push(scenario)
+    }
+  }
+  return [...sessions.values()]
 }
 
 function machine (): Record<string, unknown> {
@@ -185,43 +208,64 @@ async function main (): Promise<void> {
     process.exit(3)
   }, quick ? 150_000 : 600_000)
 
-  const generatorPeer = new Peer('generator', fork(join(__dirname, 'generator.ts'), [], { execArgv: TS, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }))
+  const compiled = buildChildren()
+  if (compiled > 0) log(`compiled ${compiled} files for the child processes`)
+  const generatorPeer = new Peer('generator', fork(join(BUILD_DIR, 'bench', 'generator.js'), [], { execArgv: [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }))
   live.add(generatorPeer)
   const ctx: Context = { generator: remote<GeneratorApi>(generatorPeer), params, startServer }
   // Other work on the machine skews every figure; say so up front and in the record.
-  const calibration = await ctx.generator.call('calibrate', { ms: 1000 })
-  log(`machine busy with other work: ${calibration.machineBusy.toFixed(2)} cores; one empty timer wakeup costs ${calibration.wakeupUs.toFixed(0)} µs of CPU here`)
+  const calibration = await ctx.generator.call('calibrate', { ms: quick ? 500 : 1000 })
+  log(`machine busy with other work: ${calibration.machineBusy.toFixed(2)} cores; one empty timer wakeup costs ${calibration.wakeupUs.toFixed(0)} µs of CPU here; ` +
+    `CPU time of fixed work varies by ${(100 * calibration.cpuSpeedSpread).toFixed(0)}% between 25 ms windows (p90 − p10)`)
   if (calibration.machineBusy > 0.25) log('warning: the machine is not idle; figures will be noisy')
   const collected: Collected = {}
   const details: Record<string, unknown[]> = {}
   const failures: string[] = []
-
+  const roundsOf = (scenario: Scenario): number => args.rounds === undefined ? scenario.rounds[quick ? 'quick' : 'full'] : Number(args.rounds)
   for (const scenario of scenarios) {
-    const rounds = args.rounds === undefined ? scenario.rounds[quick ? 'quick' : 'full'] : Number(args.rounds)
-    collected[scenario.id] = { systems: [...scenario.systems], rounds: [] }
-    details[scenario.id] = []
-    for (let round = 1; round <= rounds; round++) {
-      current = { scenario: scenario.id, round }
-      const figures: Record<string, Record<string, Record<string, number | null>> | null> = {}
-      const roundDetail: Record<string, unknown> = {}
-      for (const system of scenario.systems) {
-        const t0 = performance.now()
-        try {
-          const result = await scenario.run(ctx, system)
-          figures[system] = result.rows
-          roundDetail[system] = result.detail
-        } catch (err) {
-          figures[system] = null
-          const msg = `${scenario.id} round ${round} ${system}: ${err instanceof Error ? err.message : String(err)}`
-          failures.push(msg)
-          log(`FAILED ${msg}`)
-          // A failed run may leave connections behind; start the next one clean.
-          await ctx.generator.call('closeAll', {}, 15_000).catch(() => {})
-        }
-        log(`[${scenario.id}] round ${round}/${rounds} ${system.padEnd(14)} ${((performance.now() - t0) / 1000).toFixed(1)} s`)
+    collected[scenario.id] = { systems: [...scenario.systems], rounds: Array.from({ length: roundsOf(scenario) }, () => ({})) }
+    details[scenario.id] = Array.from({ length: roundsOf(scenario) }, () => ({}))
+  }
+  const fail = (scenario: Scenario, round: number, system: SystemName, err: unknown): void => {
+    const msg = `${scenario.id} round ${round} ${system}: ${err instanceof Error ? err.message : String(err)}`
+    failures.push(msg)
+    log(`FAILED ${msg}`)
+    collected[scenario.id].rounds[round - 1][system] = null
+  }
+
+  const maxRounds = Math.max(...scenarios.map(roundsOf))
+  for (let round = 1; round <= maxRounds; round++) {
+    for (const session of plan(scenarios.filter((s) => round <= roundsOf(s)))) {
+      const ids = session.scenarios.map((s) => s.id).join('+')
+      current = { scenario: ids, round }
+      const t0 = performance.now()
+      let handle: ServerHandle
+      try {
+        handle = await startServer(session.spec)
+      } catch (err) {
+        for (const scenario of session.scenarios) fail(scenario, round, session.system, err)
+        continue
       }
-      collected[scenario.id].rounds.push(figures)
-      details[scenario.id].push(roundDetail)
+      const steps = [`start ${((performance.now() - t0) / 1000).toFixed(1)}`]
+      try {
+        for (const scenario of session.scenarios) {
+          const t1 = performance.now()
+          try {
+            const result = await scenario.run(ctx, handle, session.system)
+            steps.push(`${scenario.id} ${((performance.now() - t1) / 1000).toFixed(1)}`)
+            collected[scenario.id].rounds[round - 1][session.system] = result.rows
+            ;(details[scenario.id][round - 1] as Record<string, unknown>)[session.system] = result.detail
+          } catch (err) {
+            fail(scenario, round, session.system, err)
+            // The server may be in any state now; the rest of this session would measure that.
+            break
+          }
+        }
+      } finally {
+        await handle.stop()
+        await ctx.generator.call('closeAll', {}, 15_000).catch(() => {})
+      }
+      log(`round ${round}/${maxRounds} ${session.system.padEnd(14)} ${((performance.now() - t0) / 1000).toFixed(1).padStart(5)} s  (${steps.join(', ')})`)
     }
   }
   await generatorPeer.stop()
@@ -238,7 +282,8 @@ async function main (): Promise<void> {
   }
   const notes = [
     `Machine before the run: ${calibration.machineBusy.toFixed(2)} cores busy with other work; ` +
-      `an empty timer wakeup cost ${calibration.wakeupUs.toFixed(0)} µs of CPU.`,
+      `an empty timer wakeup cost ${calibration.wakeupUs.toFixed(0)} µs of CPU; the CPU time of a fixed piece of work ` +
+      `varied by ${(100 * calibration.cpuSpeedSpread).toFixed(0)}% (p90 − p10, over the median) between 25 ms windows.`,
     ...saturation(table),
     ...failures.map((f) => `FAILED: ${f}`)
   ]

@@ -1,6 +1,8 @@
-// The scenarios: what each one asks of a fresh server child and the generator, and which
-// figures it returns. One call of `run` is one system in one round; bench/run.ts interleaves
-// the systems round by round.
+// The scenarios: which server each needs, what each asks of it and of the generator, and
+// which figures it returns. One call of `run` is one system in one round. bench/run.ts
+// starts one server child per system, server configuration and round, runs on it every
+// scenario that asks for that configuration (in the order of SCENARIOS), and interleaves
+// the systems round by round. Every run leaves the server with no connection.
 
 import type { ConnectResult, Counts, GeneratorApi, RatioResult } from './generator'
 import { sleep, type Peer } from './ipc'
@@ -8,12 +10,19 @@ import type { BroadcastResult, EventLoopDelay, MemorySnapshot, ServerApi, Server
 import type { ServerSpec, SystemName } from './servers'
 import { fitLine } from './stats'
 
+/** The heartbeat scenario's ping interval: the real 30 s scaled down. */
+export const HEARTBEAT_INTERVAL_MS = 1000
+
 /** Sizes and durations; `quick` shrinks them so the whole run stays under a minute. */
 export interface Params {
   echo: { connections: number, inFlight: number, sizes: number[], warmupMs: number, measureMs: number }
   capacity: { warmup: number, setup: number, points: number[], idleWindowMs: number, broadcasts: number, broadcastBytes: number }
   compression: { points: number[], pageBytes: number, pages: number }
-  heartbeat: { connections: number, intervalMs: number, realIntervalMs: number, settleMs: number, cpuWindowMs: number, eldWindowMs: number }
+  /**
+   * Windows are whole ping intervals, so a loop that pings in bursts is counted fairly.
+   * `denseCpu`: also measure CPU per ping with all connections (quick runs skip it).
+   */
+  heartbeat: { connections: number, realIntervalMs: number, settleMs: number, cpuWindowMs: number, denseCpu: boolean, eldWindowMs: number }
   slow: { connections: number, ms: number, bytes: number, capBytes: number, highWaterMark: number }
   /** Handshakes the generator keeps in progress at once. */
   concurrency: number
@@ -21,19 +30,19 @@ export interface Params {
 
 export const FULL: Params = {
   echo: { connections: 100, inFlight: 8, sizes: [64, 16_384], warmupMs: 600, measureMs: 1200 },
-  capacity: { warmup: 500, setup: 5000, points: [5500, 7750, 10_000], idleWindowMs: 1000, broadcasts: 20, broadcastBytes: 1024 },
+  capacity: { warmup: 500, setup: 5000, points: [5500, 7750, 10_000], idleWindowMs: 1000, broadcasts: 6, broadcastBytes: 1024 },
   compression: { points: [500, 1250, 2000], pageBytes: 10 * 1024, pages: 50 },
-  heartbeat: { connections: 10_000, intervalMs: 1000, realIntervalMs: 30_000, settleMs: 1100, cpuWindowMs: 2000, eldWindowMs: 2000 },
+  heartbeat: { connections: 10_000, realIntervalMs: 30_000, settleMs: 1100, cpuWindowMs: 2000, denseCpu: true, eldWindowMs: 2000 },
   slow: { connections: 4, ms: 2500, bytes: 16 * 1024, capBytes: 1024 ** 3, highWaterMark: 1024 ** 2 },
   concurrency: 200
 }
 
 export const QUICK: Params = {
-  echo: { connections: 100, inFlight: 8, sizes: [64, 16_384], warmupMs: 250, measureMs: 500 },
-  capacity: { warmup: 100, setup: 1000, points: [1100, 2000, 3000], idleWindowMs: 400, broadcasts: 5, broadcastBytes: 1024 },
-  compression: { points: [200, 400, 600], pageBytes: 10 * 1024, pages: 10 },
-  heartbeat: { connections: 3000, intervalMs: 1000, realIntervalMs: 30_000, settleMs: 1050, cpuWindowMs: 1000, eldWindowMs: 1100 },
-  slow: { connections: 4, ms: 1000, bytes: 16 * 1024, capBytes: 512 * 1024 ** 2, highWaterMark: 1024 ** 2 },
+  echo: { connections: 100, inFlight: 8, sizes: [64, 16_384], warmupMs: 200, measureMs: 400 },
+  capacity: { warmup: 100, setup: 1000, points: [1100, 1550, 2000], idleWindowMs: 300, broadcasts: 5, broadcastBytes: 1024 },
+  compression: { points: [200, 350, 500], pageBytes: 10 * 1024, pages: 10 },
+  heartbeat: { connections: 1500, realIntervalMs: 30_000, settleMs: 1050, cpuWindowMs: 1000, denseCpu: false, eldWindowMs: 1050 },
+  slow: { connections: 4, ms: 800, bytes: 16 * 1024, capBytes: 512 * 1024 ** 2, highWaterMark: 1024 ** 2 },
   concurrency: 200
 }
 
@@ -69,7 +78,9 @@ export interface Scenario {
   title: string
   systems: readonly SystemName[]
   rounds: { full: number, quick: number }
-  run (ctx: Context, system: SystemName): Promise<RunResult>
+  /** The server a system needs; scenarios that need equal servers share one child per round. */
+  server (system: SystemName): ServerSpec
+  run (ctx: Context, h: ServerHandle, system: SystemName): Promise<RunResult>
 }
 
 /** Wraps a Peer with the API type of its child. */
@@ -79,16 +90,21 @@ export function remote<Api> (peer: Peer): Remote<Api> {
 
 const util = (cpuUs: number, wallMs: number): number => cpuUs / (wallMs * 1000)
 
-async function withServer (ctx: Context, spec: ServerSpec, body: (h: ServerHandle) => Promise<RunResult>): Promise<RunResult> {
-  const handle = await ctx.startServer(spec)
+// Whatever happens, the scenario hands the server on with no connection left: the generator
+// drops its sockets and the server is given time to process the closes before the next
+// scenario measures anything.
+async function clean<T> (ctx: Context, h: ServerHandle, body: () => Promise<T>): Promise<T> {
+  let result: T
   try {
-    return await body(handle)
-  } finally {
-    // The server goes first: its sockets close from its side, so no TIME_WAIT is left on
-    // the generator's source ports.
-    await handle.stop()
-    await ctx.generator.call('closeAll', {}, 15_000)
+    result = await body()
+  } catch (err) {
+    await ctx.generator.call('closeAll', {}, 15_000).catch(() => {})
+    throw err
   }
+  await ctx.generator.call('closeAll', {}, 15_000)
+  const left = await h.server.call('waitEmpty', { timeoutMs: 20_000 }, 25_000)
+  if (left > 0) throw new Error(`${left} connections still open on the server after the scenario`)
+  return result
 }
 
 async function connect (ctx: Context, h: ServerHandle, count: number, deflate = false): Promise<ConnectResult> {
@@ -105,10 +121,13 @@ async function connect (ctx: Context, h: ServerHandle, count: number, deflate = 
   return result
 }
 
-async function window (ctx: Context, h: ServerHandle, ms: number): Promise<[ServerWindow, Counts]> {
-  await Promise.all([h.server.call('mark'), ctx.generator.call('mark')])
-  await sleep(ms)
-  return Promise.all([h.server.call('measure'), ctx.generator.call('measure')])
+// A measurement window, timed by each process on its own clock: server and generator get
+// one message each, so a saturated server's slow IPC does not stretch the window.
+async function window (ctx: Context, h: ServerHandle, ms: number, label: string, delayMs = 0): Promise<[ServerWindow, Counts]> {
+  return Promise.all([
+    h.server.call('timedWindow', { delayMs, ms, label }, delayMs + ms + 30_000),
+    ctx.generator.call('timedWindow', { delayMs, ms }, delayMs + ms + 30_000)
+  ])
 }
 
 function slopes (points: MemorySnapshot[]): { heap: number, rss: number, external: number } {
@@ -121,7 +140,8 @@ const echo: Scenario = {
   title: 'echo',
   systems: ['raw-ws', 'bare', 'plugin', 'plugin+deflate'],
   rounds: { full: 4, quick: 2 },
-  run: (ctx, system) => withServer(ctx, { system }, async (h) => {
+  server: (system) => ({ system }),
+  run: (ctx, h, system) => clean(ctx, h, async () => {
     const p = ctx.params.echo
     await connect(ctx, h, p.connections, system === 'plugin+deflate')
     const rows: Record<string, Metrics> = {}
@@ -129,8 +149,7 @@ const echo: Scenario = {
     const sizes = system === 'plugin+deflate' ? p.sizes.filter((s) => s >= 1024) : p.sizes
     for (const bytes of sizes) {
       await ctx.generator.call('echoStart', { bytes, inFlight: p.inFlight, maxMs: 60_000 })
-      await sleep(p.warmupMs)
-      const [s, g] = await window(ctx, h, p.measureMs)
+      const [s, g] = await window(ctx, h, p.measureMs, `echo-${bytes}`, p.warmupMs)
       const outstanding = await ctx.generator.call('echoStop')
       if (s.messages === 0) throw new Error('no message was echoed')
       if (outstanding > 0) throw new Error(`${outstanding} echoes never came back`)
@@ -154,14 +173,15 @@ const capacity: Scenario = {
   title: 'connection setup, idle connections and broadcast',
   systems: ['raw-ws', 'bare', 'plugin'],
   rounds: { full: 2, quick: 1 },
-  run: (ctx, system) => withServer(ctx, { system }, async (h) => {
+  server: (system) => ({ system }),
+  run: (ctx, h) => clean(ctx, h, async () => {
     const p = ctx.params.capacity
     // Warm the upgrade path first, so the measured connections do not pay for JIT compilation.
     await connect(ctx, h, p.warmup)
     await h.server.call('waitConnections', { count: p.warmup, timeoutMs: 10_000 })
     await sleep(100)
 
-    await Promise.all([h.server.call('mark'), ctx.generator.call('mark')])
+    await Promise.all([h.server.call('mark', { label: 'setup' }), ctx.generator.call('mark')])
     const gen = await connect(ctx, h, p.setup)
     await h.server.call('waitConnections', { count: p.warmup + p.setup, timeoutMs: 10_000 })
     const setup = await h.server.call('measure')
@@ -177,7 +197,7 @@ const capacity: Scenario = {
       points.push(await h.server.call('memory', {}, 20_000))
     }
     const mem = slopes(points)
-    const [idle] = await window(ctx, h, p.idleWindowMs)
+    const [idle] = await window(ctx, h, p.idleWindowMs, 'idle')
 
     await ctx.generator.call('mark')
     const expected = open * p.broadcasts
@@ -219,7 +239,8 @@ const compression: Scenario = {
   rounds: { full: 2, quick: 1 },
   // The baselines with ws's own default, `perMessageDeflate: true`; the plugin with its
   // default (compression off) shows what a connection costs without deflate.
-  run: (ctx, system) => withServer(ctx, { system, deflate: system === 'raw-ws' || system === 'bare' }, async (h) => {
+  server: (system) => system === 'raw-ws' || system === 'bare' ? { system, deflate: true } : { system },
+  run: (ctx, h) => clean(ctx, h, async () => {
     const p = ctx.params.compression
     const points: MemorySnapshot[] = []
     let open = 0
@@ -256,35 +277,37 @@ const heartbeat: Scenario = {
   title: 'heartbeat',
   systems: ['raw-ws', 'bare', 'plugin'],
   rounds: { full: 2, quick: 1 },
-  run: (ctx, system) => withServer(ctx, { system, heartbeatMs: ctx.params.heartbeat.intervalMs }, async (h) => {
+  server: (system) => ({ system, heartbeatMs: HEARTBEAT_INTERVAL_MS }),
+  run: (ctx, h) => clean(ctx, h, async () => {
     const p = ctx.params.heartbeat
     // First as many connections as give, at the scaled-down interval, the ping rate of all of
     // them at the real interval (10,000 at 30 s = 334 at 1 s): pings as sparse as in
     // production, so their cost is measured without the batching a dense schedule gets.
-    const sparse = Math.ceil(p.connections * p.intervalMs / p.realIntervalMs)
+    const sparse = Math.ceil(p.connections * HEARTBEAT_INTERVAL_MS / p.realIntervalMs)
     await connect(ctx, h, sparse)
     await sleep(p.settleMs)
-    const [rs, rg] = await window(ctx, h, p.cpuWindowMs)
+    const [rs, rg] = await window(ctx, h, p.cpuWindowMs, 'sparse')
     // Then all of them: the dense schedule, for the cost per ping and the longest block.
     await connect(ctx, h, p.connections - sparse)
     await sleep(p.settleMs)
     // CPU first, without the delay monitor, whose own timer would be counted.
-    const [s, g] = await window(ctx, h, p.cpuWindowMs)
+    const dense = p.denseCpu ? await window(ctx, h, p.cpuWindowMs, 'dense') : null
+    await ctx.generator.call('mark')
     await h.server.call('eldStart')
     await sleep(p.eldWindowMs)
     const eld: EventLoopDelay = await h.server.call('eldStop')
-    const gEnd = await ctx.generator.call('measure')
-    if (g.pings === 0 || rg.pings === 0) throw new Error(`no ping arrived (sparse window ${rg.pings}, dense window ${g.pings})`)
-    if (gEnd.closes > 0) throw new Error(`${gEnd.closes} connections were closed by the server`)
+    const g = await ctx.generator.call('measure')
+    if (rg.pings === 0 || g.pings === 0) throw new Error(`no ping arrived (sparse window ${rg.pings}, last window ${g.pings})`)
+    if (rg.closes + (dense?.[1].closes ?? 0) + g.closes > 0) throw new Error('the server closed connections that answered every ping')
     return {
       rows: {
         heartbeat: {
           sparseCpuPercent: 100 * util(rs.cpuUs, rs.wallMs),
           sparsePingsPerSecond: rg.pings / (rg.wallMs / 1000),
           sparseCpuPerPingUs: rs.cpuUs / rg.pings,
-          cpuPerPingUs: s.cpuUs / g.pings,
+          cpuPerPingUs: dense === null ? null : dense[0].cpuUs / dense[1].pings,
           pingsPerSecond: g.pings / (g.wallMs / 1000),
-          serverCpuPercent: 100 * util(s.cpuUs, s.wallMs),
+          serverCpuPercent: dense === null ? null : 100 * util(dense[0].cpuUs, dense[0].wallMs),
           maxBlockMs: eld.maxMs,
           p99DelayMs: eld.p99Ms,
           gcMaxMs: eld.gcMaxMs,
@@ -300,7 +323,8 @@ const slow: Scenario = {
   title: 'slow consumer',
   systems: ['raw-ws', 'bare', 'plugin', 'plugin+drop'],
   rounds: { full: 2, quick: 1 },
-  run: (ctx, system) => withServer(ctx, { system }, async (h) => {
+  server: (system) => ({ system }),
+  run: (ctx, h) => clean(ctx, h, async () => {
     const p = ctx.params.slow
     await connect(ctx, h, p.connections)
     await ctx.generator.call('pause')
@@ -323,4 +347,6 @@ const slow: Scenario = {
   })
 }
 
-export const SCENARIOS: readonly Scenario[] = [echo, capacity, compression, heartbeat, slow]
+// Capacity first: its setup and memory figures want a server that has done nothing else yet.
+// Slow consumer last: it leaves a server with hundreds of MiB it may keep.
+export const SCENARIOS: readonly Scenario[] = [capacity, echo, compression, heartbeat, slow]

@@ -71,7 +71,7 @@ export interface StreamResult {
 const TEXT = Object.freeze({ binary: false })
 const spec = JSON.parse(process.argv[2] ?? '{}') as ServerSpec
 // With a path prefix, every measurement window (mark to measure) is CPU-profiled into
-// <prefix>-w<n>.cpuprofile: the same V8 profiler as --cpu-prof, without start-up and setup.
+// <prefix>-<label>.cpuprofile: the same V8 profiler as --cpu-prof, without start-up and setup.
 const profilePrefix = process.argv[3]
 const counters = { messages: 0, connections: 0 }
 
@@ -98,29 +98,29 @@ const gcObserver = new PerformanceObserver((list) => {
 let system: SystemServer
 let mark = { cpu: process.cpuUsage(), at: performance.now(), ...counters }
 
-let profiler: Session | null = null
-let profiledWindows = 0
+let profiler: { session: Session, label: string } | null = null
 
 function post (session: Session, method: string, params: object = {}): Promise<unknown> {
   return new Promise((resolve, reject) => session.post(method, params, (err, result) => err === null ? resolve(result) : reject(err)))
 }
 
-async function startProfile (): Promise<void> {
+async function startProfile (label: string): Promise<void> {
   if (profilePrefix === undefined) return
-  profiler = new Session()
-  profiler.connect()
-  await post(profiler, 'Profiler.enable')
-  await post(profiler, 'Profiler.setSamplingInterval', { interval: 200 })
-  await post(profiler, 'Profiler.start')
+  const session = new Session()
+  session.connect()
+  await post(session, 'Profiler.enable')
+  await post(session, 'Profiler.setSamplingInterval', { interval: 200 })
+  await post(session, 'Profiler.start')
+  profiler = { session, label }
 }
 
 async function stopProfile (): Promise<void> {
   if (profiler === null) return
-  const session = profiler
+  const { session, label } = profiler
   profiler = null
   const { profile } = await post(session, 'Profiler.stop') as { profile: unknown }
   session.disconnect()
-  writeFileSync(`${String(profilePrefix)}-w${++profiledWindows}.cpuprofile`, JSON.stringify(profile))
+  writeFileSync(`${String(profilePrefix)}-${label}.cpuprofile`, JSON.stringify(profile))
 }
 
 function cpuUs (since: NodeJS.CpuUsage): number {
@@ -143,9 +143,9 @@ async function held (): Promise<number> {
 }
 
 const api = {
-  async mark (): Promise<true> {
+  async mark (args: { label?: string } = {}): Promise<true> {
     await stopProfile()
-    await startProfile()
+    await startProfile(args.label ?? 'window')
     mark = { cpu: process.cpuUsage(), at: performance.now(), ...counters }
     return true
   },
@@ -163,11 +163,31 @@ const api = {
     }
   },
 
-  /** Resolves once the handler has accepted `count` connections in all, or at the deadline. */
+  /**
+   * mark, then measure `ms` later, after waiting `delayMs`: one round trip instead of three,
+   * which matters when the event loop is saturated and every IPC message waits its turn.
+   */
+  async timedWindow (args: { delayMs: number, ms: number, label?: string }): Promise<ServerWindow> {
+    await sleep(args.delayMs)
+    await api.mark({ label: args.label })
+    await sleep(args.ms)
+    return api.measure()
+  },
+
+  /** Resolves once `count` connections are open, or at the deadline; with the number open. */
   async waitConnections (args: { count: number, timeoutMs: number }): Promise<number> {
     const deadline = performance.now() + args.timeoutMs
-    while (counters.connections < args.count && performance.now() < deadline) await sleep(2)
-    return counters.connections
+    while (system.clients().size < args.count && performance.now() < deadline) await sleep(2)
+    return system.clients().size
+  },
+
+  /** Resolves once no connection is open and the closes were processed, or at the deadline; with the number open. */
+  async waitEmpty (args: { timeoutMs: number }): Promise<number> {
+    const deadline = performance.now() + args.timeoutMs
+    while (system.clients().size > 0 && performance.now() < deadline) await sleep(5)
+    // Let the close callbacks and the garbage they leave settle before the next measurement.
+    await sleep(50)
+    return system.clients().size
   },
 
   /** Memory after garbage collection has settled. */
