@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { createHook } from 'node:async_hooks'
-import { once, type EventEmitter } from 'node:events'
+import { EventEmitter, once } from 'node:events'
 import { createServer, type Server } from 'node:http'
 import type { Socket } from 'node:net'
 import { test, type TestContext } from 'node:test'
@@ -711,4 +711,51 @@ test('a timeout callback may throw or track its socket again without disturbing 
   assert.ok(at - started >= 2 * bound - EARLY_MS && at - started <= 2 * bound + LATE_MS, `second timeout after ${at - started} ms`)
   assert.equal(hb.getStats().timeouts, 4)
   assert.equal(hb.getStats().tracked, 0)
+})
+
+// A stand-in socket: the manager needs only readyState, ping() and listeners.
+class FakeSocket extends EventEmitter {
+  readyState = 1
+  readonly pings: number[] = []
+  constructor (private readonly turn: () => number) { super() }
+  ping (): void { this.pings.push(this.turn()) }
+}
+
+test('pings due close together share a wakeup, and no turn of the event loop sends more than 200', async (t) => {
+  let turn = 0
+  let spinning = true
+  const spin = (): void => { turn++; if (spinning) setImmediate(spin) }
+  setImmediate(spin)
+  const hb = new HeartbeatManager({ pingInterval: 4000, pongTimeout: 100, maxMissedPongs: 3 })
+  t.after(() => { spinning = false; hb.stopAll() })
+  // Warm the code up first, so that starting 1,000 sockets fits in the window below.
+  for (let i = 0; i < 2000; i++) {
+    const warm = new FakeSocket(() => turn)
+    hb.startHeartbeat(warm as never, () => {})
+    hb.stopHeartbeat(warm as never)
+  }
+  const sockets: FakeSocket[] = []
+  const startBatch = (): void => {
+    for (let i = 0; i < 500; i++) {
+      const socket = new FakeSocket(() => turn)
+      sockets.push(socket)
+      hb.startHeartbeat(socket as never, () => {})
+    }
+  }
+  // Two batches 15 ms apart: the second falls due within 2% (80 ms) of the first.
+  const started = performance.now()
+  startBatch()
+  await new Promise((resolve) => setTimeout(resolve, 15))
+  startBatch()
+  const spread = performance.now() - started
+  assert.ok(spread < 80, `batches started ${spread} ms apart`)
+  const deadline = Date.now() + 6000
+  while (sockets.some((s) => s.pings.length === 0) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10))
+  const perTurn = new Map<number, number>()
+  for (const s of sockets) {
+    assert.equal(s.pings.length, 1)
+    perTurn.set(s.pings[0], (perTurn.get(s.pings[0]) ?? 0) + 1)
+  }
+  assert.ok(Math.max(...perTurn.values()) <= 200, `at most 200 pings in one turn, got ${Math.max(...perTurn.values())}`)
+  assert.ok(perTurn.size <= 10, `1,000 pings in ${perTurn.size} turns`)
 })
