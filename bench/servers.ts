@@ -57,14 +57,13 @@ export type OnSocket = (socket: WebSocket) => void
 
 const PATH = '/ws'
 
-// ---- HOOK(auth) and HOOK(rate-limit) -------------------------------------------------------
+// ---- auth and rate limits ----------------------------------------------------------------
 //
-// Authentication is not wired yet: the plugin system registers with `auth: false`. When it
-// is, set AUTH_WIRED to true. The plugin systems then register @fastify/jwt with HS256 and a
-// fixed secret, turn `auth` on, and hand the generator an `Authorization: Bearer <token>`
-// header that it sends with every upgrade (see frames.ts buildUpgradeRequest). The setup goal
-// is stated without auth: when this is on, add a `{ auth: false }` system to that row.
-const AUTH_WIRED = false
+// The plugin systems run with the plugin's defaults, authentication included: they register
+// @fastify/jwt with HS256 and a fixed secret, and hand the generator an
+// `Authorization: Bearer <token>` header that it sends with every upgrade (see frames.ts
+// buildUpgradeRequest). Set AUTH_WIRED to false to measure the plugin without it.
+const AUTH_WIRED = true
 const JWT_SECRET = 'fastify-ws-manager-bench-secret-not-for-production'
 
 // Rate limits, once the plugin has them (detected from its DEFAULTS), stay on as in

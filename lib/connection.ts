@@ -136,6 +136,7 @@ export class Connection {
   #waiting: Waiting[] | null = null
   #drainWaiters: Array<() => void> | null = null
   #drainTimer: NodeJS.Timeout | null = null
+  #expiryTimer: NodeJS.Timeout | null = null
 
   constructor (host: ConnectionHost, init: ConnectionInit) {
     this.#host = host
@@ -215,6 +216,17 @@ export class Connection {
       this.#drainWaiters.push(resolve)
       this.#watchDrain()
     })
+  }
+
+  /** @internal Runs `onExpired` at `closeAt`; the timer goes with the connection. */
+  expireAt (onExpired: (connection: Connection) => void): void {
+    // setTimeout takes at most 2^31-1 ms; a later expiry is re-armed when that fires.
+    const delay = Math.min(Math.max(0, this.closeAt - Date.now()), 2_147_483_647)
+    this.#expiryTimer = setTimeout(() => {
+      if (Date.now() < this.closeAt) this.expireAt(onExpired)
+      else onExpired(this)
+    }, delay)
+    this.#expiryTimer.unref()
   }
 
   /**
@@ -305,6 +317,7 @@ export class Connection {
     if (this.state === 'closed') return
     this.state = 'closed'
     this.closeCode = code
+    if (this.#expiryTimer !== null) clearTimeout(this.#expiryTimer)
     this.#flushWaiting()
     this.#host.connectionClosed(this)
     this.log.info({

@@ -120,9 +120,9 @@ const TICK_SLACK_MS = 1
 // timer wakeup: at 30 s, 10,000 sockets cost a few dozen wakeups per interval instead of
 // 10,000. Early pings only shorten the time to detection, never lengthen it.
 const PING_EARLY_SHARE = 0.02
-// Pings sent per tick before the rest is left to the next turn of the event loop, so a burst
+// Pings sent per tick (a few milliseconds of work) before the rest is left to the next turn of the event loop, so a burst
 // of sockets that fell due together never blocks the loop for long.
-const MAX_PINGS_PER_TICK = 200
+const MAX_PINGS_PER_TICK = 100
 // ws's readyState for OPEN, as a constant rather than a lookup on the socket's prototype.
 const OPEN = 1
 

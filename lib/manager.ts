@@ -157,8 +157,9 @@ export class WsManager implements ConnectionHost {
   #authFailures = 0
   readonly #refused: Record<string, number> = {}
   #sweepTimer: NodeJS.Timeout | null = null
-  // The sweep closes idle connections and expired tokens; at most a quarter of the shortest
-  // idle timeout late, and a quarter second for expiry.
+  // The sweep closes idle connections, at most a quarter of the shortest idle timeout (and
+  // never more than a second) late. Token expiry has a timer per connection instead: exact,
+  // and nothing to scan while connections sit idle.
   #sweepMs = 1000
   #sweepNeeded = false
 
@@ -173,10 +174,6 @@ export class WsManager implements ConnectionHost {
     this.frames = new FrameSizeValidator({ ...options.frameSize, log })
     this.compression = new CompressionManager({ ...options.compression, log })
     this.messageLimiter = options.messageRateLimit === false ? null : new MessageRateLimiter(options.messageRateLimit)
-    if (options.auth !== false && options.auth.closeOnExpiry) {
-      this.#sweepNeeded = true
-      this.#sweepMs = 250
-    }
   }
 
   /** True once the application started closing; new upgrades are refused with 503. */
@@ -344,6 +341,7 @@ export class WsManager implements ConnectionHost {
     if (settings.heartbeat !== false) {
       this.heartbeat.startHeartbeat(socket, this.#onHeartbeatTimeout, settings.heartbeat)
     }
+    if (connection.closeAt !== Infinity) connection.expireAt(this.#onExpired)
     if (this.#sweepNeeded && this.#sweepTimer === null) {
       this.#sweepTimer = setInterval(this.#sweep, this.#sweepMs)
       this.#sweepTimer.unref()
@@ -360,16 +358,17 @@ export class WsManager implements ConnectionHost {
     connection.close(CloseCode.GOING_AWAY, 'Connection timeout').catch(noop)
   }
 
+  readonly #onExpired = (connection: Connection): void => {
+    if (connection.state !== 'open') return
+    this.#expiredClosed++
+    connection.log.info('token expired')
+    connection.close(CloseCode.POLICY_VIOLATION, 'Token expired').catch(noop)
+  }
+
   readonly #sweep = (): void => {
     const now = Date.now()
     for (const connection of this.#registry) {
       if (connection.state !== 'open') continue
-      if (now >= connection.closeAt) {
-        this.#expiredClosed++
-        connection.log.info('token expired')
-        connection.close(CloseCode.POLICY_VIOLATION, 'Token expired').catch(noop)
-        continue
-      }
       const idle = connection.settings.idleTimeout
       if (idle > 0 && now - connection.lastActivityAt >= idle) {
         this.#idleClosed++
