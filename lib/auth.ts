@@ -179,16 +179,25 @@ export function ipKey (ip: string | undefined): string {
   return `${groups.slice(0, 4).map((g) => g.toLowerCase().replace(/^0+(?=.)/, '')).join(':')}::/64`
 }
 
+// An issuer's tokens share a handful of header segments; decoding each once is enough.
+const headerCache = new Map<string, string | null>()
+const HEADER_CACHE_MAX = 64
+
 /** The `alg` of a token's header, without verifying anything; null when unreadable. */
 export function headerAlgorithm (token: string): string | null {
   const dot = token.indexOf('.')
   if (dot <= 0) return null
+  const segment = token.slice(0, dot)
+  const cached = headerCache.get(segment)
+  if (cached !== undefined) return cached
+  let alg: string | null = null
   try {
-    const header = JSON.parse(Buffer.from(token.slice(0, dot), 'base64url').toString('utf8')) as { alg?: unknown }
-    return typeof header.alg === 'string' ? header.alg : null
-  } catch {
-    return null
-  }
+    const header = JSON.parse(Buffer.from(segment, 'base64url').toString('utf8')) as { alg?: unknown }
+    if (typeof header.alg === 'string') alg = header.alg
+  } catch {}
+  // Bounded: a client sending random headers must not grow it.
+  if (headerCache.size < HEADER_CACHE_MAX && segment.length <= 256) headerCache.set(segment, alg)
+  return alg
 }
 
 interface JwtDecorator {
