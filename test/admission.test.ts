@@ -1,14 +1,13 @@
 import { test, type TestContext } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
-import type { IncomingHttpHeaders } from 'node:http'
 import type { FastifyInstance, FastifyServerOptions } from 'fastify'
 import jwt from '@fastify/jwt'
 import rateLimit from '@fastify/rate-limit'
 import { Redis } from 'ioredis'
 import WebSocket, { type ClientOptions } from 'ws'
 import { loadConfig, normalizeOptions, type WsManagerOptions } from '../lib/index'
-import { build, closed, connect, listen, logCapture, nextMessage, waitFor } from './helper'
+import { attempt, build, closed, connect, listen, logCapture, nextMessage, waitFor, type Attempt } from './helper'
 
 const SECRET = 'admission-test-secret-0123456789-abcdefghij'
 
@@ -53,46 +52,6 @@ async function start (t: TestContext, options: WsManagerOptions = {}, setup: Sta
     headers: { ...extra.headers, authorization: `Bearer ${app.jwt.sign({ sub })}` }
   })
   return { app, url, as, sizes }
-}
-
-interface Attempt {
-  ws: WebSocket | null
-  status: number | null
-  headers: IncomingHttpHeaders
-  body: { statusCode: number, error: string, message: string } | null
-}
-
-/** Opens a client and resolves with the open socket or the HTTP refusal; terminated when the test ends. */
-function attempt (t: TestContext, url: string, options: Options = {}): Promise<Attempt> {
-  const { protocols, ...rest } = options
-  const ws = new WebSocket(url, protocols, rest)
-  t.after(() => ws.terminate())
-  // terminate() on a refused handshake reports an abort; nothing to learn from it.
-  ws.on('error', () => {})
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('no answer within 5000 ms')), 5000)
-    ws.once('open', () => {
-      clearTimeout(timer)
-      resolve({ ws, status: null, headers: {}, body: null })
-    })
-    ws.once('error', (err) => {
-      clearTimeout(timer)
-      reject(err)
-    })
-    ws.once('unexpected-response', (_req, res) => {
-      let text = ''
-      res.setEncoding('utf8')
-      res.on('data', (chunk: string) => { text += chunk })
-      res.on('end', () => {
-        clearTimeout(timer)
-        try {
-          resolve({ ws: null, status: res.statusCode ?? 0, headers: res.headers, body: JSON.parse(text) })
-        } catch (err) {
-          reject(err)
-        }
-      })
-    })
-  })
 }
 
 /** Like attempt(), but the answer must be a refusal with this status and a JSON error body. */

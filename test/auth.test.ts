@@ -8,7 +8,7 @@ import cookie from '@fastify/cookie'
 import jwt, { type FastifyJWTOptions } from '@fastify/jwt'
 import WebSocket, { type ClientOptions } from 'ws'
 import wsManager, { type WsManagerOptions } from '../lib/index'
-import { build, closed, connect, listen, logCapture, nextMessage, waitFor } from './helper'
+import { attempt, build, closed, connect, listen, logCapture, nextMessage, waitFor } from './helper'
 
 const SECRET = 'auth-test-secret-0123456789-abcdefghijklmnop'
 
@@ -63,36 +63,10 @@ interface Refusal {
 }
 
 /** Opens a client that must be refused before the upgrade; resolves with the HTTP answer. */
-function refusal (t: TestContext, url: string, options: ClientOptions & { protocols?: string[] } = {}): Promise<Refusal> {
-  const { protocols, ...rest } = options
-  const ws = new WebSocket(url, protocols, rest)
-  t.after(() => ws.terminate())
-  // terminate() on a refused handshake reports an abort; nothing to learn from it.
-  ws.on('error', () => {})
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('no answer within 5000 ms')), 5000)
-    ws.once('open', () => {
-      clearTimeout(timer)
-      reject(new Error('the upgrade succeeded; a refusal was expected'))
-    })
-    ws.once('error', (err) => {
-      clearTimeout(timer)
-      reject(err)
-    })
-    ws.once('unexpected-response', (_req, res) => {
-      let text = ''
-      res.setEncoding('utf8')
-      res.on('data', (chunk: string) => { text += chunk })
-      res.on('end', () => {
-        clearTimeout(timer)
-        try {
-          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: JSON.parse(text) })
-        } catch (err) {
-          reject(err)
-        }
-      })
-    })
-  })
+async function refusal (t: TestContext, url: string, options: ClientOptions & { protocols?: string[] } = {}): Promise<Refusal> {
+  const result = await attempt(t, url, options)
+  if (result.ws !== null || result.status === null || result.body === null) throw new Error('the upgrade succeeded; a refusal was expected')
+  return { status: result.status, headers: result.headers, body: result.body }
 }
 
 function assertUnauthorized (answer: Refusal, what: string): void {

@@ -11,16 +11,11 @@ import {
 import type { WarnLogger } from '../lib/frame-size'
 import { feedPage } from './fixtures/feed'
 import { RawWebSocket, closeCodeOf, type RawFrame } from './fixtures/raw-ws'
+import { assertOptionInvalid } from './helper'
 
 const ENABLED: CompressionProfileName[] = ['default', 'high', 'fast']
 
-function assertInvalid (fn: () => unknown, name: string): void {
-  assert.throws(fn, (err: Error & { code?: string }) => {
-    assert.equal(err.code, 'FST_WSM_OPTION_INVALID')
-    assert.ok(err.message.includes(`"${name}"`), `names ${name}: ${err.message}`)
-    return true
-  })
-}
+const assertInvalid = assertOptionInvalid
 
 interface Server {
   wss: WebSocketServer

@@ -10,6 +10,7 @@ import {
   isFrameSizeError, resolveFrameSizeProfile, type WarnLogger
 } from '../lib/frame-size'
 import { RawWebSocket, closeCodeOf } from './fixtures/raw-ws'
+import { assertOptionInvalid } from './helper'
 
 const MiB = 1024 * 1024
 
@@ -20,13 +21,7 @@ function capture (): { log: WarnLogger, lines: Logged[] } {
   return { lines, log: { warn: (obj, msg) => { lines.push({ obj: obj as Record<string, unknown>, msg }) } } }
 }
 
-function assertInvalid (fn: () => unknown, name: string): void {
-  assert.throws(fn, (err: Error & { code?: string }) => {
-    assert.equal(err.code, 'FST_WSM_OPTION_INVALID')
-    assert.ok(err.message.includes(`"${name}"`), `names ${name}: ${err.message}`)
-    return true
-  })
-}
+const assertInvalid = assertOptionInvalid
 
 interface Server {
   wss: WebSocketServer

@@ -9,6 +9,7 @@ import websocket from '@fastify/websocket'
 import Fastify from 'fastify'
 import WebSocket, { WebSocketServer, type ClientOptions, type ServerOptions } from 'ws'
 import { HeartbeatManager, detectionBound, resolveHeartbeatOptions, type HeartbeatManagerStats } from '../lib/heartbeat'
+import { within } from './helper'
 
 const WAIT_MS = 3000
 // Timer lateness allowed on top of a computed due time (generous: these tests share a small
@@ -17,19 +18,6 @@ const WAIT_MS = 3000
 // behaviour lands well outside these margins.
 const LATE_MS = 100
 const EARLY_MS = 2
-
-/** Rejects when `promise` does not settle within `ms`; the deadline timer is always cleared. */
-async function within<T> (promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  const expired = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`no ${what} within ${ms} ms`)), ms)
-  })
-  try {
-    return await Promise.race([promise, expired])
-  } finally {
-    clearTimeout(timer)
-  }
-}
 
 /** Records when an event fires and waits, with a deadline, for the nth time. */
 function recorder (emitter: EventEmitter, event: string): { times: number[], until: (n: number, what: string) => Promise<void> } {

@@ -1,6 +1,8 @@
+import assert from 'node:assert/strict'
 import { Writable } from 'node:stream'
 import type { TestContext } from 'node:test'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import type { IncomingHttpHeaders } from 'node:http'
 import WebSocket, { type ClientOptions } from 'ws'
 import wsManager, { type WsManagerOptions } from '../lib/index'
 
@@ -175,4 +177,68 @@ export async function connectQueued (t: TestContext, url: string, options: Clien
     return queue.shift() as string
   }
   return { ws, next }
+}
+
+/** What an upgrade attempt came to: the open socket, or the HTTP refusal with its JSON body. */
+export interface Attempt {
+  ws: WebSocket | null
+  status: number | null
+  headers: IncomingHttpHeaders
+  body: { statusCode: number, error: string, message: string } | null
+}
+
+/** Opens a client and resolves with the open socket or the HTTP refusal; terminated when the test ends. */
+export function attempt (t: TestContext, url: string, options: ClientOptions & { protocols?: string[] } = {}): Promise<Attempt> {
+  const { protocols, ...rest } = options
+  const ws = new WebSocket(url, protocols, rest)
+  t.after(() => ws.terminate())
+  // terminate() on a refused handshake reports an abort; nothing to learn from it.
+  ws.on('error', () => {})
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('no answer within 5000 ms')), 5000)
+    ws.once('open', () => {
+      clearTimeout(timer)
+      resolve({ ws, status: null, headers: {}, body: null })
+    })
+    ws.once('error', (err) => {
+      clearTimeout(timer)
+      reject(err)
+    })
+    ws.once('unexpected-response', (_req, res) => {
+      let text = ''
+      res.setEncoding('utf8')
+      res.on('data', (chunk: string) => { text += chunk })
+      res.on('end', () => {
+        clearTimeout(timer)
+        try {
+          resolve({ ws: null, status: res.statusCode ?? 0, headers: res.headers, body: JSON.parse(text) })
+        } catch (err) {
+          reject(err)
+        }
+      })
+    })
+  })
+}
+
+/** Asserts that `fn` throws FST_WSM_OPTION_INVALID naming the option `name`. */
+export function assertOptionInvalid (fn: () => unknown, name: string): void {
+  assert.throws(fn, (err: Error & { code?: string }) => {
+    assert.equal(err.code, 'FST_WSM_OPTION_INVALID')
+    // The requirement is that the error names the option, so that is what is checked.
+    assert.ok(err.message.includes(`"${name}"`), `names ${name}: ${err.message}`)
+    return true
+  })
+}
+
+/** Rejects when `promise` does not settle within `ms`; the deadline timer is always cleared. */
+export async function within<T> (promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const expired = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`no ${what} within ${ms} ms`)), ms)
+  })
+  try {
+    return await Promise.race([promise, expired])
+  } finally {
+    clearTimeout(timer)
+  }
 }

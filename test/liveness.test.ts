@@ -11,7 +11,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import type WebSocket from 'ws'
 import wsManager, { loadConfig, type Connection, type WsManagerOptions } from '../lib/index'
 import { HeartbeatManager, type HeartbeatStats } from '../lib/heartbeat'
-import { build, closed, connect, listen, logCapture, rawPeer, socketClosed, waitFor, type LogLine } from './helper'
+import { build, closed, connect, listen, logCapture, rawPeer, socketClosed, waitFor, within, type LogLine } from './helper'
 
 const WAIT_MS = 5000
 // Lateness allowed on top of a computed due time: timer lateness, a close handshake on
@@ -89,19 +89,6 @@ function serverSide (app: FastifyInstance, client: WebSocket): Connection {
     if ((connection.socket as unknown as { _socket: Socket })._socket.remotePort === port) return connection
   }
   throw new Error(`no connection for client port ${port}`)
-}
-
-/** Rejects when `promise` does not settle within `ms`; the deadline timer is always cleared. */
-async function within<T> (promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  const expired = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`no ${what} within ${ms} ms`)), ms)
-  })
-  try {
-    return await Promise.race([promise, expired])
-  } finally {
-    clearTimeout(timer)
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
