@@ -147,7 +147,6 @@ export class WsManager implements ConnectionHost {
   /** The validated options in force. */
   readonly options: ResolvedOptions
   readonly #registry: LocalConnectionRegistry
-  readonly #log: FastifyBaseLogger
   #shuttingDown = false
   #opened = 0
   #closed = 0
@@ -165,7 +164,6 @@ export class WsManager implements ConnectionHost {
 
   constructor (options: ResolvedOptions, log: FastifyBaseLogger) {
     this.options = options
-    this.#log = log
     this.#registry = new LocalConnectionRegistry()
     this.connections = this.#registry
     this.closer = new GracefulCloseManager({ timeout: options.close.timeout })
@@ -400,11 +398,6 @@ export class WsManager implements ConnectionHost {
       clearInterval(this.#sweepTimer)
       this.#sweepTimer = null
     }
-  }
-
-  /** @internal The plugin's logger, for events that belong to no connection. */
-  get log (): FastifyBaseLogger {
-    return this.#log
   }
 }
 
