@@ -1,5 +1,6 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type WebSocket from 'ws'
+import { COMPRESSED, UNCOMPRESSED } from './compression'
 
 /** What a send did: went out, was dropped by the backpressure policy, or found the connection closed (or closed it). */
 export type SendResult = 'sent' | 'dropped' | 'closed'
@@ -47,8 +48,8 @@ export interface Prepared {
 
 // Frozen option objects: picking one costs nothing per message, unlike building one.
 export const TEXT = Object.freeze({ binary: false }) as SendOptions
-export const COMPRESS = Object.freeze({ compress: true }) as SendOptions
-export const NO_COMPRESS = Object.freeze({ compress: false }) as SendOptions
+const COMPRESS = COMPRESSED as SendOptions
+const NO_COMPRESS = UNCOMPRESSED as SendOptions
 const TEXT_COMPRESS = Object.freeze({ binary: false, compress: true }) as SendOptions
 const TEXT_NO_COMPRESS = Object.freeze({ binary: false, compress: false }) as SendOptions
 const BINARY_COMPRESS = Object.freeze({ binary: true, compress: true }) as SendOptions
