@@ -94,10 +94,12 @@ export interface CompressionManagerOptions extends Partial<CompressionSettings> 
   log?: WarnLogger
 }
 
-/** Compression figures of one tracked connection. */
-export interface CompressionConnectionStats {
-  /** Whether permessage-deflate was negotiated on this connection. */
-  negotiated: boolean
+/**
+ * Figures measured for one connection or summed over many. Wire figures come from the TCP
+ * sockets' own counters since tracking started (frames, headers and control frames included)
+ * and cover only measured connections (see `wireMeasured`).
+ */
+export interface CompressionFigures {
   /** Data messages sent (recordSent calls). */
   messagesSent: number
   /** Of those, messages sent with compression. */
@@ -108,55 +110,36 @@ export interface CompressionConnectionStats {
   payloadBytesOut: number
   /** Application payload bytes received, after decompression. */
   payloadBytesIn: number
-  /**
-   * Bytes the TCP socket wrote since tracking started (frames, headers and control frames
-   * included), or 0 when `wireMeasured` is false.
-   */
+  /** Bytes the TCP socket(s) wrote; 0 where not measured. */
   wireBytesOut: number
-  /** Bytes the TCP socket read since tracking started, or 0 when `wireMeasured` is false. */
+  /** Bytes the TCP socket(s) read; 0 where not measured. */
   wireBytesIn: number
-  /** `payloadBytesOut - wireBytesOut`; negative when framing cost more than compression saved. 0 when not measured. */
+  /** `payloadBytesOut - wireBytesOut`; negative when framing cost more than compression saved. */
   bytesSaved: number
   /** `wireBytesOut / payloadBytesOut` (0.25 = a quarter of the payload went on the wire); null before any payload or when not measured. */
   ratio: number | null
   /** Errors passed to recordError(). */
   compressionErrors: number
-  /** False when the socket has no byte counters (e.g. a stream from injectWS()). */
+  /** False when a socket had no byte counters (e.g. a stream from injectWS()); wire figures then cover the others only. */
   wireMeasured: boolean
 }
 
+/** Compression figures of one tracked connection. */
+export interface CompressionConnectionStats extends CompressionFigures {
+  /** Whether permessage-deflate was negotiated on this connection. */
+  negotiated: boolean
+}
+
 /** Compression figures of a {@link CompressionManager}: tracked connections, open and closed. */
-export interface CompressionStats {
+export interface CompressionStats extends CompressionFigures {
   /** Whether the profile offers permessage-deflate. */
   enabled: boolean
   /** Connections tracked now. */
   connections: number
   /** Of those, connections that negotiated permessage-deflate. */
   compressedConnections: number
-  /** Data messages sent on tracked connections. */
-  messagesSent: number
-  /** Of those, messages sent with compression. */
-  messagesCompressed: number
-  /** Data messages received on tracked connections. */
-  messagesReceived: number
-  /** Payload bytes sent, before compression. */
-  payloadBytesOut: number
-  /** Payload bytes received, after decompression. */
-  payloadBytesIn: number
-  /** Bytes written by the TCP sockets of measured connections since tracking started. */
-  wireBytesOut: number
-  /** Bytes read by the TCP sockets of measured connections since tracking started. */
-  wireBytesIn: number
-  /** `payloadBytesOut - wireBytesOut` over measured connections; negative when framing cost more than compression saved. */
-  bytesSaved: number
-  /** `wireBytesOut / payloadBytesOut` over measured connections, or null before any payload. */
-  ratio: number | null
   /** `wireBytesIn / payloadBytesIn` over measured connections, or null before any payload. */
   ratioIn: number | null
-  /** Errors passed to recordError(), tracked connection or not. */
-  compressionErrors: number
-  /** False when some connection had no byte counters; wire figures then cover the others only. */
-  wireMeasured: boolean
 }
 
 /**

@@ -19,7 +19,7 @@ export { FrameSizeValidator, FRAME_SIZE_PROFILES, isFrameSizeError, resolveFrame
 export type { FrameSizeLimits, FrameSizeOption, FrameSizeResult, FrameSizeStats, FrameSizeValidatorOptions } from './frame-size'
 export { CompressionManager, COMPRESSION_PROFILES, resolveCompressionProfile } from './compression'
 export type {
-  CompressionConnectionStats, CompressionManagerOptions, CompressionOption, CompressionProfileName,
+  CompressionConnectionStats, CompressionFigures, CompressionManagerOptions, CompressionOption, CompressionProfileName,
   CompressionSettings, CompressionStats
 } from './compression'
 export type { BackpressureOptions, BackpressurePolicy, DeliveryStats, Sendable, SendOptions, SendResult } from './delivery'
