@@ -28,7 +28,7 @@ import { createRequire } from 'node:module'
 import type { AddressInfo } from 'node:net'
 import { parseArgs } from 'node:util'
 import WebSocket, { WebSocketServer } from 'ws'
-import { COMPRESSION_PROFILES, perMessageDeflateOptions, type CompressionSettings } from '../lib/compression'
+import { COMPRESSION_PROFILES, perMessageDeflateOptions, type CompressionSettings } from '../lib/compression-profiles'
 import { feedPage } from '../test/fixtures/feed'
 
 type PmdOption = WebSocket.PerMessageDeflateOptions | boolean

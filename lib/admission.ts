@@ -1,44 +1,34 @@
+// Admission of upgrades: the route hooks that answer with a real HTTP status and a JSON body
+// before anything is upgraded (shutdown, origin, token, upgrade rate, connection caps).
 import type { FastifyReply, FastifyRequest, HookHandlerDoneFunction, onRequestAsyncHookHandler } from 'fastify'
-import { ipKey, UpgradeRefusal, type AuthResult, type Authenticator } from './auth'
-import type { OriginPolicy } from './limits'
+import type { Authenticator, AuthResult } from './auth'
+import { negotiateDeflateOffer } from './compression-profiles'
+import { ipKey } from './ip'
 import type { WsManager } from './manager'
-
-/** Upgrade rate limit: upgrades per user (per IP without auth) per time window. */
-export interface UpgradeRateLimitOptions {
-  /** @default 30 */
-  max: number
-  /** Milliseconds. @default 60000 */
-  timeWindow: number
-}
+import { UpgradeRefusal } from './refusal'
+import { kAuth } from './symbols'
 
 /** The admission settings of one route. */
 export interface AdmissionSettings {
   authenticator: Authenticator | null
   originAllowed: (request: FastifyRequest) => boolean
-  upgradeRateLimit: UpgradeRateLimitOptions | false
   maxConnections: number
   maxConnectionsPerUser: number
+  maxConnectionsPerIp: number
   onUserLimit: 'reject' | 'closeOldest'
+  /** The profile's deflate window when compression is on, else null. */
+  deflateWindowBits: number | null
 }
-
-/** The authenticated identity of an upgrade, kept on the request until the connection exists. */
-export const kAuth = Symbol('fastify-ws-manager.auth')
 
 type RequestWithAuth = FastifyRequest & { [kAuth]?: AuthResult }
 
 // isAllowed means "on the allow list"; isExceeded is the verdict.
 interface RateLimitResult { isAllowed: boolean, isExceeded?: boolean, isBanned?: boolean, ttlInSeconds?: number, max?: number }
-type RateLimiter = (request: FastifyRequest) => Promise<RateLimitResult>
+/** One limiter built by @fastify/rate-limit's `createRateLimit`. */
+export type RateLimiter = (request: FastifyRequest) => Promise<RateLimitResult>
 
 /** @fastify/rate-limit's `createRateLimit` decorator. */
 export type CreateRateLimit = (options: { max: number, timeWindow: number, keyGenerator: (request: FastifyRequest) => string }) => RateLimiter
-
-const ERROR_NAMES: Record<number, string> = {
-  401: 'Unauthorized',
-  403: 'Forbidden',
-  429: 'Too Many Requests',
-  503: 'Service Unavailable'
-}
 
 /** Answers an upgrade with a real HTTP status and a JSON body, never by upgrading and closing. */
 export function refuse (manager: WsManager, request: FastifyRequest, reply: FastifyReply, refusal: UpgradeRefusal): FastifyReply {
@@ -50,17 +40,24 @@ export function refuse (manager: WsManager, request: FastifyRequest, reply: Fast
     .send({ statusCode: refusal.statusCode, error: ERROR_NAMES[refusal.statusCode] ?? 'Error', message: refusal.message })
 }
 
-/** What the authenticated identity of an upgrade is, if any. */
+const ERROR_NAMES: Record<number, string> = {
+  401: 'Unauthorized',
+  403: 'Forbidden',
+  429: 'Too Many Requests',
+  503: 'Service Unavailable'
+}
+
+/** The authenticated identity of an upgrade, if any. */
 export function authOf (request: FastifyRequest): AuthResult | undefined {
   return (request as RequestWithAuth)[kAuth]
 }
 
 /**
- * The route's onRequest hook for upgrades: shutdown, origin, failed-auth budget, token,
- * then the upgrade rate limit keyed by the authenticated user. Plain HTTP requests to the
- * route pass untouched.
+ * The route's onRequest hook for upgrades: shutdown, origin, the deflate offer, failed-auth
+ * budget, token, then the upgrade rate limit keyed by the authenticated user. Plain HTTP
+ * requests to the route pass untouched.
  */
-export function createAdmissionHook (manager: WsManager, settings: AdmissionSettings, route: string, limiter: () => RateLimiter | null): onRequestAsyncHookHandler {
+export function createAdmissionHook (manager: WsManager, settings: AdmissionSettings, limiter: () => RateLimiter | null): onRequestAsyncHookHandler {
   return async function admitUpgrade (request, reply) {
     if (!request.ws) return
     if (manager.shuttingDown) {
@@ -68,6 +65,16 @@ export function createAdmissionHook (manager: WsManager, settings: AdmissionSett
     }
     if (!settings.originAllowed(request)) {
       return refuse(manager, request, reply, new UpgradeRefusal(403, 'Origin not allowed', `origin ${String(request.headers.origin).slice(0, 200)}`))
+    }
+    if (settings.deflateWindowBits !== null) {
+      // See lib/compression-profiles.ts: a client asking for a smaller window is accepted with
+      // it, not refused. ws reads the offer from the raw request when it upgrades.
+      const offer = request.raw.headers['sec-websocket-extensions']
+      if (typeof offer === 'string') {
+        const negotiated = negotiateDeflateOffer(offer, settings.deflateWindowBits)
+        if (negotiated === undefined) delete request.raw.headers['sec-websocket-extensions']
+        else request.raw.headers['sec-websocket-extensions'] = negotiated
+      }
     }
     if (settings.authenticator !== null) {
       const result = await settings.authenticator.authenticate(request)
@@ -79,7 +86,7 @@ export function createAdmissionHook (manager: WsManager, settings: AdmissionSett
     if (rateLimit !== null) {
       const verdict = await rateLimit(request)
       if (!verdict.isAllowed && (verdict.isExceeded === true || verdict.isBanned === true)) {
-        return refuse(manager, request, reply, new UpgradeRefusal(429, 'Too many connection attempts', `upgrade rate limit (${route})`, {
+        return refuse(manager, request, reply, new UpgradeRefusal(429, 'Too many connection attempts', 'upgrade rate limit', {
           'retry-after': String(verdict.ttlInSeconds ?? 1)
         }))
       }
@@ -97,6 +104,10 @@ export function createCapsHook (manager: WsManager, settings: AdmissionSettings)
     const registry = manager.connections
     if (settings.maxConnections > 0 && registry.size >= settings.maxConnections) {
       refuse(manager, request, reply, new UpgradeRefusal(503, 'Server is at its connection limit', 'maxConnections', { 'retry-after': '5' }))
+      return
+    }
+    if (settings.maxConnectionsPerIp > 0 && registry.countByIp(ipKey(request.ip)) >= settings.maxConnectionsPerIp) {
+      refuse(manager, request, reply, new UpgradeRefusal(429, 'Too many connections from this address', 'maxConnectionsPerIp', { 'retry-after': '5' }))
       return
     }
     const auth = authOf(request)
@@ -120,12 +131,16 @@ export function createCapsHook (manager: WsManager, settings: AdmissionSettings)
   }
 }
 
-/** The admission hooks need these; the keying of the upgrade rate limit lives here. */
-export function upgradeRateKey (route: string) {
+/**
+ * The key of the upgrade rate limit: by user after auth, by IP (IPv6 per /64) without. The
+ * plugin-wide limit uses one key space for every route, so a client gets the same budget
+ * however many WebSocket routes the application has; a route with its own limit counts in
+ * its own space.
+ */
+export function upgradeRateKey (scope: string) {
   return function keyOf (request: FastifyRequest): string {
     const auth = authOf(request)
-    return auth === undefined ? `ws:${route}:ip:${ipKey(request.ip)}` : `ws:${route}:user:${auth.userId}`
+    // A user id may hold any character; JSON keeps the parts from running into each other.
+    return auth === undefined ? JSON.stringify(['ws', scope, 'ip', ipKey(request.ip)]) : JSON.stringify(['ws', scope, 'user', auth.userId])
   }
 }
-
-export type { OriginPolicy }

@@ -1,31 +1,46 @@
-import type { IncomingMessage } from 'node:http'
+// JWT authentication of upgrades, on top of the application's @fastify/jwt: which token is
+// chosen (lib/token.ts), the failure budget (lib/auth-failures.ts), and verification here.
 import type { FastifyInstance, FastifyRequest } from 'fastify'
+import { FailureBudget, type FailureLimitOptions } from './auth-failures'
 import { errors } from './errors'
+import { ipKey } from './ip'
+import { UpgradeRefusal } from './refusal'
+import { kChosenToken } from './symbols'
+import { claimedSubject, extractToken, headerAlgorithm, TOKEN_SOURCES, type CookieSettings, type TokenLookup, type TokenSource } from './token'
+import { checkInt, checkString, fail, section } from './validate'
 
 /** JWT authentication on upgrade, on top of the application's @fastify/jwt. */
 export interface AuthOptions {
   /**
-   * Claim that holds the user id (a string or a number).
+   * Claim of the verified token that holds the user id (a string or a number). Read from what
+   * @fastify/jwt's verification returned, after its `formatUser` if the application set one.
    * @default 'sub'
    */
   userIdClaim: string
   /**
-   * Query parameter a token may come in (redacted from the URL before anything logs it);
-   * false turns the query source off.
+   * Where a token is looked for, in order: the `Authorization: Bearer` header, a
+   * `Sec-WebSocket-Protocol` entry, the query parameter, @fastify/jwt's cookie. The first
+   * source that has a token decides; that token alone is verified and read.
+   * @default ['header', 'subprotocol', 'query', 'cookie']
+   */
+  sources: TokenSource[]
+  /**
+   * Query parameter a token may come in (redacted from the URL of WebSocket routes before
+   * anything logs it); false turns the query source off.
    * @default 'access_token'
    */
   queryParam: string | false
   /**
-   * Prefix of the `Sec-WebSocket-Protocol` entry that carries a token (`bearer.<jwt>`).
-   * The entry is never selected as the protocol.
+   * Prefix of the `Sec-WebSocket-Protocol` entry that carries a token (`bearer.<jwt>`): token
+   * characters ending in `.`, `-` or `_`, so no application protocol name equals it. The entry
+   * is never selected as the protocol.
    * @default 'bearer.'
    */
   subprotocolPrefix: string
   /**
    * Accepted `alg` values; a token whose header names another is refused before any
-   * signature check, whatever the token's header says. Null: @fastify/jwt's
-   * `verify.algorithms` if set, else its `sign.algorithm`, else ['HS256'].
-   * With asymmetric keys, set it (e.g. ['RS256']).
+   * signature check. Null: @fastify/jwt's `verify.algorithms` if set, else its
+   * `sign.algorithm`, else ['HS256']. With asymmetric keys, set it (e.g. ['RS256']).
    * @default null
    */
   algorithms: string[] | null
@@ -40,164 +55,103 @@ export interface AuthOptions {
    */
   expiryGraceMs: number
   /**
-   * Failed authentications allowed per IP in `timeWindow` ms; over it, 429 before the
-   * signature is checked. False turns it off.
-   * @default { max: 10, timeWindow: 60000 }
+   * Failed authentications allowed per (IP, claimed subject) and per IP; over either, 429
+   * before the signature is checked. False turns it off.
+   * @default { max: 10, ipMax: 100, timeWindow: 60000 }
    */
-  failureLimit: { max: number, timeWindow: number } | false
+  failureLimit: FailureLimitOptions | false
 }
 
 /** The `auth` option as given: every field optional, the failure limit partial too. */
 export type AuthInput = Partial<Omit<AuthOptions, 'failureLimit'>> & {
-  failureLimit?: false | Partial<{ max: number, timeWindow: number }>
+  failureLimit?: false | Partial<FailureLimitOptions>
 }
 
 /** What a successful authentication gives the connection. */
 export interface AuthResult {
   userId: string
+  /** What @fastify/jwt's verification returned (the claims, or `formatUser`'s value). */
   user: Record<string, unknown>
   /** Epoch ms when the connection must close (exp plus grace), or Infinity. */
   closeAt: number
 }
 
-/** A refused upgrade: the HTTP status, body message and headers to answer with. */
-export class UpgradeRefusal {
-  readonly statusCode: number
-  readonly message: string
-  readonly headers: Record<string, string>
-  /** Why, for the log; never the token. */
-  readonly reason: string
+/** The defaults of {@link AuthOptions}. */
+export const AUTH_DEFAULTS: Readonly<AuthOptions> = Object.freeze({
+  userIdClaim: 'sub',
+  sources: TOKEN_SOURCES as TokenSource[],
+  queryParam: 'access_token',
+  subprotocolPrefix: 'bearer.',
+  algorithms: null,
+  closeOnExpiry: true,
+  expiryGraceMs: 0,
+  failureLimit: Object.freeze({ max: 10, ipMax: 100, timeWindow: 60_000 })
+})
 
-  constructor (statusCode: number, message: string, reason: string, headers: Record<string, string> = {}) {
-    this.statusCode = statusCode
-    this.message = message
-    this.reason = reason
-    this.headers = headers
-  }
+const AUTH_KEYS = ['userIdClaim', 'sources', 'queryParam', 'subprotocolPrefix', 'algorithms', 'closeOnExpiry', 'expiryGraceMs', 'failureLimit'] as const
+// RFC 6455 subprotocol names are RFC 7230 tokens.
+const TOKEN_CHARS = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
+const ALGORITHM = /^(HS|RS|PS|ES)(256|384|512)$|^EdDSA$/
+
+function checkBool (name: string, value: unknown): boolean {
+  if (typeof value !== 'boolean') fail(name, `expected true or false, got ${JSON.stringify(value)}`)
+  return value
 }
 
-/** Holds a token taken out of the URL, on the raw request we do not own. */
-export const kQueryToken = Symbol('fastify-ws-manager.queryToken')
+function resolveFailureLimit (input: unknown): FailureLimitOptions | false {
+  const base = AUTH_DEFAULTS.failureLimit as FailureLimitOptions
+  if (input === false) return false
+  if (input === undefined) return { ...base }
+  const f = section('auth.failureLimit', input, ['max', 'ipMax', 'timeWindow'])
+  const max = checkInt('auth.failureLimit.max', f.max ?? base.max, 1, 1_000_000)
+  const ipMax = checkInt('auth.failureLimit.ipMax', f.ipMax ?? Math.max(base.ipMax, max * 10), 1, 100_000_000)
+  if (ipMax < max) fail('auth.failureLimit.ipMax', `expected at least auth.failureLimit.max (${max}), got ${ipMax}`)
+  return { max, ipMax, timeWindow: checkInt('auth.failureLimit.timeWindow', f.timeWindow ?? base.timeWindow, 1, 86_400_000) }
+}
 
-type RawWithToken = IncomingMessage & { [kQueryToken]?: string }
-
-/**
- * A 'request' and 'upgrade' listener that runs before Fastify's: it removes the token
- * parameter from the URL (matched by its decoded name, so `access%5Ftoken` is caught too),
- * so Fastify's "incoming request" line and every later log line see the URL without it, and
- * keeps the token on the raw request. Plain requests get it too: a proxy that drops the
- * Upgrade header still sends the URL.
- */
-export function createUrlRedactor (param: string): (request: IncomingMessage) => void {
-  return function redactTokenFromUrl (request: IncomingMessage): void {
-    const url = request.url
-    if (url === undefined) return
-    const q = url.indexOf('?')
-    if (q === -1) return
-    // Cheap test first: most URLs carry neither the name nor an escape.
-    if (!url.includes(param, q) && !url.includes('%', q)) return
-    const params = new URLSearchParams(url.slice(q + 1))
-    const token = params.get(param)
-    if (token === null) return
-    params.delete(param)
-    const rest = params.toString()
-    ;(request as RawWithToken)[kQueryToken] = token
-    request.url = url.slice(0, q) + (rest === '' ? '' : `?${rest}`)
+function resolveSources (input: unknown): TokenSource[] {
+  if (input === undefined) return [...AUTH_DEFAULTS.sources]
+  if (!Array.isArray(input) || input.length === 0 || new Set(input).size !== input.length ||
+    !input.every((s) => (TOKEN_SOURCES as readonly unknown[]).includes(s))) {
+    fail('auth.sources', `expected a non-empty list without repeats of ${TOKEN_SOURCES.map((s) => `'${s}'`).join(', ')}`)
   }
+  return [...input] as TokenSource[]
 }
 
 /**
- * ws's `handleProtocols`: selects the first offered protocol that is not a token entry, or
- * none. Echoing the token entry would put it in the response and in every proxy's logs.
+ * Validates the `auth` option over {@link AUTH_DEFAULTS}; false turns authentication off.
+ * @throws FST_WSM_OPTION_INVALID naming `auth.<option>`.
  */
-export function createProtocolSelector (prefix: string): (protocols: Set<string>) => string | false {
-  return function selectProtocol (protocols: Set<string>): string | false {
-    for (const protocol of protocols) if (!protocol.startsWith(prefix)) return protocol
-    return false
+export function resolveAuth (input: unknown): AuthOptions | false {
+  if (input === false) return false
+  if (input === undefined || input === true) return { ...AUTH_DEFAULTS, sources: [...AUTH_DEFAULTS.sources] }
+  const a = section('auth', input, AUTH_KEYS)
+  const queryParam = a.queryParam ?? AUTH_DEFAULTS.queryParam
+  if (queryParam !== false && (typeof queryParam !== 'string' || !/^[\w.-]+$/.test(queryParam))) {
+    fail('auth.queryParam', `expected a parameter name or false, got ${JSON.stringify(queryParam)}`)
   }
-}
-
-interface CookieSettings { cookieName: string, signed?: boolean }
-
-type RequestWithCookies = FastifyRequest & {
-  cookies?: Record<string, string | undefined>
-  unsignCookie?: (value: string) => { valid: boolean, value: string | null }
-}
-
-/** Where a token was found. */
-export type TokenSource = 'header' | 'subprotocol' | 'query' | 'cookie'
-
-/** Takes the token from the header, the subprotocol, the query or the cookie, in that order. */
-export function extractToken (request: FastifyRequest, options: AuthOptions, cookie: CookieSettings | null): { token: string, source: TokenSource } | null {
-  const authorization = request.headers.authorization
-  if (typeof authorization === 'string' && authorization.length > 7 && authorization.slice(0, 7).toLowerCase() === 'bearer ') {
-    return { token: authorization.slice(7).trim(), source: 'header' }
+  const algorithms = a.algorithms ?? null
+  if (algorithms !== null && (!Array.isArray(algorithms) || algorithms.length === 0 ||
+    !algorithms.every((x) => typeof x === 'string' && ALGORITHM.test(x)))) {
+    fail('auth.algorithms', 'expected a non-empty list of JWS algorithms such as [\'HS256\'] or [\'RS256\'] ("none" is never accepted)')
   }
-  const protocols = request.headers['sec-websocket-protocol']
-  if (typeof protocols === 'string' && protocols.includes(options.subprotocolPrefix)) {
-    for (const entry of protocols.split(',')) {
-      const protocol = entry.trim()
-      if (protocol.startsWith(options.subprotocolPrefix)) {
-        return { token: protocol.slice(options.subprotocolPrefix.length), source: 'subprotocol' }
-      }
-    }
+  const prefix = checkString('auth.subprotocolPrefix', a.subprotocolPrefix ?? AUTH_DEFAULTS.subprotocolPrefix)
+  if (!TOKEN_CHARS.test(prefix) || prefix.length < 2 || !/[._-]$/.test(prefix)) {
+    fail('auth.subprotocolPrefix', `expected protocol-name characters ending in '.', '-' or '_' (such as 'bearer.'), so that no application protocol equals it; got ${JSON.stringify(prefix)}`)
   }
-  const fromQuery = (request.raw as RawWithToken)[kQueryToken]
-  if (options.queryParam !== false && typeof fromQuery === 'string' && fromQuery !== '') {
-    return { token: fromQuery, source: 'query' }
+  const userIdClaim = checkString('auth.userIdClaim', a.userIdClaim ?? AUTH_DEFAULTS.userIdClaim)
+  if (userIdClaim === '') fail('auth.userIdClaim', 'expected a claim name, got an empty string')
+  const sources = resolveSources(a.sources)
+  return {
+    userIdClaim,
+    sources: queryParam === false ? sources.filter((s) => s !== 'query') : sources,
+    queryParam: queryParam as string | false,
+    subprotocolPrefix: prefix,
+    algorithms: algorithms as string[] | null,
+    closeOnExpiry: checkBool('auth.closeOnExpiry', a.closeOnExpiry ?? AUTH_DEFAULTS.closeOnExpiry),
+    expiryGraceMs: checkInt('auth.expiryGraceMs', a.expiryGraceMs ?? AUTH_DEFAULTS.expiryGraceMs, 0, 86_400_000),
+    failureLimit: resolveFailureLimit(a.failureLimit)
   }
-  if (cookie !== null) {
-    const req = request as RequestWithCookies
-    let value = req.cookies?.[cookie.cookieName]
-    if (typeof value === 'string' && value !== '' && cookie.signed === true && req.unsignCookie !== undefined) {
-      const unsigned = req.unsignCookie(value)
-      value = unsigned.valid && unsigned.value !== null ? unsigned.value : undefined
-    }
-    if (typeof value === 'string' && value !== '') return { token: value, source: 'cookie' }
-  }
-  return null
-}
-
-// Only called on a token the verifier accepted, so its payload segment is well-formed JSON.
-function decodePayload (token: string): Record<string, unknown> {
-  const start = token.indexOf('.') + 1
-  return JSON.parse(Buffer.from(token.slice(start, token.indexOf('.', start)), 'base64url').toString('utf8')) as Record<string, unknown>
-}
-
-/**
- * The key an IP is counted under: IPv4 as it is, IPv6 by its /64 prefix, since a single
- * client usually holds a whole /64 and could rotate through it.
- */
-export function ipKey (ip: string | undefined): string {
-  // Injected requests (app.injectWS) come without a socket address.
-  if (typeof ip !== 'string') return 'unknown'
-  if (!ip.includes(':') || ip.startsWith('::ffff:')) return ip
-  const [head, tail] = ip.split('::')
-  const left = head === '' ? [] : head.split(':')
-  const right = tail === undefined || tail === '' ? [] : tail.split(':')
-  const groups = tail === undefined ? left : [...left, ...Array(8 - left.length - right.length).fill('0'), ...right]
-  return `${groups.slice(0, 4).map((g) => g.toLowerCase().replace(/^0+(?=.)/, '')).join(':')}::/64`
-}
-
-// An issuer's tokens share a handful of header segments; decoding each once is enough.
-const headerCache = new Map<string, string | null>()
-const HEADER_CACHE_MAX = 64
-
-/** The `alg` of a token's header, without verifying anything; null when unreadable. */
-export function headerAlgorithm (token: string): string | null {
-  const dot = token.indexOf('.')
-  if (dot <= 0) return null
-  const segment = token.slice(0, dot)
-  const cached = headerCache.get(segment)
-  if (cached !== undefined) return cached
-  let alg: string | null = null
-  try {
-    const header = JSON.parse(Buffer.from(segment, 'base64url').toString('utf8')) as { alg?: unknown }
-    if (typeof header.alg === 'string') alg = header.alg
-  } catch {}
-  // Bounded: a client sending random headers must not grow it.
-  if (headerCache.size < HEADER_CACHE_MAX && segment.length <= 256) headerCache.set(segment, alg)
-  return alg
 }
 
 interface JwtDecorator {
@@ -205,7 +159,17 @@ interface JwtDecorator {
   cookie?: CookieSettings
 }
 
-type VerifiableRequest = FastifyRequest & { jwtVerify: () => Promise<unknown> }
+type RequestWithToken = FastifyRequest & { [kChosenToken]?: string }
+type VerifiableRequest = RequestWithToken & { jwtVerify: (options: object) => Promise<unknown> }
+
+// Per-call options for request.jwtVerify(): @fastify/jwt verifies exactly the token the plugin
+// chose, whatever its own `verify.extractToken` or `verify.onlyCookie` would pick. One frozen
+// object for every upgrade; the token travels on the request under a Symbol.
+const VERIFY_CHOSEN = Object.freeze({
+  extractToken (request: RequestWithToken): string | undefined {
+    return request[kChosenToken]
+  }
+})
 
 const UNAUTHORIZED = 'Bearer realm="websocket"'
 
@@ -229,71 +193,26 @@ const FAST_JWT_MESSAGES: Record<string, string> = {
   FAST_JWT_MISSING_SIGNATURE: 'token has no signature'
 }
 
-/** Counts failed authentications per IP in fixed windows; O(1) per check. */
-export class FailureLimiter {
-  readonly #max: number
-  readonly #window: number
-  readonly #entries = new Map<string, { count: number, resetAt: number }>()
-
-  constructor (max: number, timeWindow: number) {
-    this.#max = max
-    this.#window = timeWindow
-  }
-
-  /** Seconds until the IP may try again, or 0 when it is under its budget. */
-  blockedFor (ip: string, now: number): number {
-    const entry = this.#entries.get(ip)
-    if (entry === undefined) return 0
-    if (entry.resetAt <= now) {
-      this.#entries.delete(ip)
-      return 0
-    }
-    return entry.count >= this.#max ? Math.ceil((entry.resetAt - now) / 1000) : 0
-  }
-
-  fail (ip: string, now: number): void {
-    const entry = this.#entries.get(ip)
-    if (entry === undefined || entry.resetAt <= now) {
-      // Expired entries are swept when the map grows, so a spray of addresses cannot grow it for ever.
-      if (this.#entries.size >= 100_000) this.#sweep(now)
-      this.#entries.set(ip, { count: 1, resetAt: now + this.#window })
-    } else {
-      entry.count++
-    }
-  }
-
-  /** IPs currently counted. */
-  get size (): number {
-    return this.#entries.size
-  }
-
-  #sweep (now: number): void {
-    for (const [ip, entry] of this.#entries) if (entry.resetAt <= now) this.#entries.delete(ip)
-    if (this.#entries.size >= 100_000) this.#entries.clear()
-  }
-}
-
 /** Verifies upgrade tokens with the application's @fastify/jwt, with pinned algorithms. */
 export class Authenticator {
   readonly #options: AuthOptions
-  readonly #jwt: JwtDecorator
   readonly #algorithms: ReadonlySet<string>
-  readonly #cookie: CookieSettings | null
-  readonly #failures: FailureLimiter | null
+  readonly #lookup: TokenLookup
+  readonly #failures: FailureBudget | null
   #failed = 0
 
   /** @throws FST_WSM_JWT_MISSING without @fastify/jwt; FST_WSM_OPTION_INVALID when no algorithm can be pinned. */
   constructor (fastify: FastifyInstance, options: AuthOptions) {
     if (!fastify.hasDecorator('jwt')) throw new errors.FST_WSM_JWT_MISSING()
     this.#options = options
-    this.#jwt = (fastify as unknown as { jwt: JwtDecorator }).jwt
-    const signing = this.#jwt.options?.sign?.algorithm
-    const algorithms = options.algorithms ?? this.#jwt.options?.verify?.algorithms ?? (signing === undefined ? ['HS256'] : [signing])
+    const jwt = (fastify as unknown as { jwt: JwtDecorator }).jwt
+    const signing = jwt.options?.sign?.algorithm
+    const algorithms = options.algorithms ?? jwt.options?.verify?.algorithms ?? (signing === undefined ? ['HS256'] : [signing])
     if (algorithms.length === 0) throw new errors.FST_WSM_OPTION_INVALID('auth.algorithms', 'at least one algorithm')
     if (algorithms.includes('none')) throw new errors.FST_WSM_OPTION_INVALID('auth.algorithms', 'algorithms other than "none"')
     this.#algorithms = new Set(algorithms)
-    this.#cookie = this.#jwt.cookie ?? null
-    this.#failures = options.failureLimit === false ? null : new FailureLimiter(options.failureLimit.max, options.failureLimit.timeWindow)
+    this.#lookup = { sources: options.sources, subprotocolPrefix: options.subprotocolPrefix, cookie: jwt.cookie ?? null }
+    this.#failures = options.failureLimit === false ? null : new FailureBudget(options.failureLimit)
   }
 
   /** The algorithms in force. */
@@ -308,55 +227,57 @@ export class Authenticator {
 
   /** Verifies the request's token; a refusal says the status and message to answer with. */
   async authenticate (request: FastifyRequest): Promise<AuthResult | UpgradeRefusal> {
+    const found = extractToken(request, this.#lookup)
+    const failures = this.#failures
     const now = Date.now()
     const ip = ipKey(request.ip)
-    if (this.#failures !== null) {
-      const wait = this.#failures.blockedFor(ip, now)
+    const subject = failures === null ? '' : claimedSubject(found === null ? null : found.token, this.#options.userIdClaim)
+    if (failures !== null) {
+      const wait = failures.blockedFor(ip, subject, now)
       if (wait > 0) {
         return new UpgradeRefusal(429, 'Too many failed authentications', 'auth failures over budget', { 'retry-after': String(wait) })
       }
     }
-    const result = await this.#verify(request)
+    const result = found === null
+      ? new UpgradeRefusal(401, 'Missing bearer token', 'no token', { 'www-authenticate': UNAUTHORIZED })
+      : await this.#verify(request as RequestWithToken, found.token, found.source)
     if (result instanceof UpgradeRefusal) {
       this.#failed++
-      this.#failures?.fail(ip, now)
+      failures?.fail(ip, subject, now)
     }
     return result
   }
 
-  async #verify (request: FastifyRequest): Promise<AuthResult | UpgradeRefusal> {
-    const found = extractToken(request, this.#options, this.#cookie)
-    if (found === null) {
-      return new UpgradeRefusal(401, 'Missing bearer token', 'no token', { 'www-authenticate': UNAUTHORIZED })
-    }
-    const alg = headerAlgorithm(found.token)
-    if (alg === null) return invalidToken('token is malformed', `malformed token (${found.source})`)
-    if (!this.#algorithms.has(alg)) return invalidToken('token algorithm is not allowed', `algorithm ${alg.slice(0, 16)} refused (${found.source})`)
-    // request.jwtVerify() is what runs the application's @fastify/jwt settings in full: its
-    // cached verifier, key callbacks, `trusted` (revocation) and `formatUser`. It reads the
-    // Authorization header, so a token from another source is put there for the call only.
-    const headers = request.headers
-    const original = headers.authorization
-    headers.authorization = `Bearer ${found.token}`
+  async #verify (request: RequestWithToken, token: string, source: TokenSource): Promise<AuthResult | UpgradeRefusal> {
+    const alg = headerAlgorithm(token)
+    if (alg === null) return invalidToken('token is malformed', `malformed token (${source})`)
+    if (!this.#algorithms.has(alg)) return invalidToken('token algorithm is not allowed', `algorithm ${alg.slice(0, 16)} refused (${source})`)
+    // request.jwtVerify() runs the application's @fastify/jwt settings in full: key callbacks,
+    // `trusted` (revocation) and `formatUser`. VERIFY_CHOSEN makes it verify this token.
+    let verified: unknown
+    request[kChosenToken] = token
     try {
-      await (request as VerifiableRequest).jwtVerify()
+      verified = await (request as VerifiableRequest).jwtVerify(VERIFY_CHOSEN)
     } catch (err) {
       const code = (err as { code?: string }).code ?? ''
       const message = FAST_JWT_MESSAGES[code] ?? 'token is invalid'
-      return invalidToken(message, `${code || 'verify failed'} (${found.source})`)
+      return invalidToken(message, `${code || 'verify failed'} (${source})`)
     } finally {
-      if (original === undefined) delete headers.authorization
-      else headers.authorization = original
+      request[kChosenToken] = undefined
     }
-    const payload = decodePayload(found.token)
-    const id = payload[this.#options.userIdClaim]
-    if ((typeof id !== 'string' || id === '') && typeof id !== 'number') {
+    // Identity and expiry come from the value the verifier returned, and from nothing else.
+    if (typeof verified !== 'object' || verified === null) {
+      return invalidToken(`token has no "${this.#options.userIdClaim}" claim`, 'verified value is not an object')
+    }
+    const claims = verified as Record<string, unknown>
+    const id = claims[this.#options.userIdClaim]
+    if ((typeof id !== 'string' || id === '') && (typeof id !== 'number' || !Number.isFinite(id))) {
       return invalidToken(`token has no "${this.#options.userIdClaim}" claim`, 'no user id claim')
     }
-    const exp = payload.exp
-    const closeAt = this.#options.closeOnExpiry && typeof exp === 'number'
+    const exp = claims.exp
+    const closeAt = this.#options.closeOnExpiry && typeof exp === 'number' && Number.isFinite(exp)
       ? exp * 1000 + this.#options.expiryGraceMs
       : Infinity
-    return { userId: String(id), user: payload, closeAt }
+    return { userId: String(id), user: claims, closeAt }
   }
 }

@@ -1,94 +1,14 @@
-// permessage-deflate: the profile ws negotiates with, the size threshold the plugin applies
-// itself, and compression statistics measured on the TCP socket.
-//
-// Memory. ws keeps one zlib deflate and one inflate context per connection for its whole
-// life (with or without context takeover: no_context_takeover resets a context, it does not
-// free it). A deflate context costs 4 × 2^windowBits (window and chains) + 2^(memLevel + 8)
-// (pending symbols) + a 64 KiB hash table that does not shrink with memLevel in the zlib Node
-// bundles (measured on Node 20: no deflate context below ~80 KiB RSS); an inflate context
-// ~2^windowBits + 7 KiB; each stream also holds a chunkSize output buffer (16 KiB by default).
-// The profiles shrink the server's window (negotiated as server_max_window_bits), memLevel and
-// the chunk size. Measured by bench/compression-profiles.ts (Node 20.20, ws 8.23, server RSS
-// per idle connection after one ~10 KiB message each way; ratio = wire / payload over 50
-// distinct ~10 KiB feed pages on one connection):
-//   ws default (true)  275 KiB  ratio 0.2015
-//   high               268 KiB  ratio 0.1968   (0.97x the memory, 1.02x the compression)
-//   default            157 KiB  ratio 0.2209   (0.57x the memory, 0.91x the compression)
-//   fast               132 KiB  ratio 0.2904   (0.48x the memory, 0.69x the compression)
-//   no compression       7 KiB  ratio 1.0004
-// No choice of options gets a compressing connection to a quarter of ws's default: the two
-// contexts alone cost ~115 KiB at the smallest window that still compresses (2^11).
-//
-// What is deliberately not bounded: the client's window (client_max_window_bits). ws refuses
-// the whole handshake with HTTP 400 when the server sets a number there and a client's offer
-// lacks the parameter, which RFC 7692 makes optional. The inflate context thus keeps the
-// window the client chose (32 KiB for browsers and ws).
-//
-// Threshold. ws skips compression of small messages only when server_no_context_takeover was
-// negotiated (sender.js); otherwise it compresses everything, a loss for messages of a few
-// bytes. The plugin therefore decides per message with shouldCompress() and passes
-// UNCOMPRESSED to ws's send() below the threshold. Leaving small messages out is safe with
-// context takeover: they never enter either side's deflate window.
+// Compression statistics measured on the TCP socket: payload bytes the plugin counts and the
+// wire bytes the kernel was handed, per connection and summed. The profiles, ws's options
+// and the handshake negotiation are in lib/compression-profiles.ts.
 
 import type { IncomingMessage } from 'node:http'
 import type WebSocket from 'ws'
-import { errors } from './errors'
+import { COMPRESSION_PROFILES, checkSettings, perMessageDeflateOptions, resolveCompressionProfile, type CompressionSettings } from './compression-profiles'
 import type { WarnLogger } from './frame-size'
 import { formatBytes } from './frame-size'
-import { checkInt } from './validate'
+import { transportOf } from './internals'
 
-/** The settings of a compression profile. */
-export interface CompressionSettings {
-  /** Whether permessage-deflate is offered at all. @default true */
-  enabled: boolean
-  /** zlib compression level, 0 (store) to 9 (smallest, slowest). @default 6 */
-  level: number
-  /**
-   * Messages smaller than this many bytes are sent uncompressed (by the plugin, see
-   * {@link CompressionManager.shouldCompress}). Integer, 0 compresses everything.
-   * @default 1024
-   */
-  threshold: number
-  /** zlib memLevel, 1 to 9: the size of the deflate pending buffer. @default 5 */
-  memLevel: number
-  /**
-   * The server's deflate window as 2^n bytes, 9 to 15, negotiated as server_max_window_bits.
-   * Each step down halves the window memory (4 × 2^n bytes) and loses matches against older
-   * data. A client that offers a smaller server_max_window_bits is refused with HTTP 400 by ws.
-   * @default 13
-   */
-  serverMaxWindowBits: number
-  /**
-   * Reset the server's deflate context after every message (server_no_context_takeover).
-   * Saves no memory in ws (the context is reset, not freed) and costs ratio on streams of
-   * similar messages. When false the server still accepts a client that asks for it.
-   * @default false
-   */
-  serverNoContextTakeover: boolean
-  /** Ask clients to reset their deflate context after every message (client_no_context_takeover). @default false */
-  clientNoContextTakeover: boolean
-  /**
-   * Concurrent zlib operations, process-wide: ws keeps one limiter for the whole process and
-   * sizes it from the first permessage-deflate instance created, so only the first profile
-   * used in a process counts. Bounds memory fragmentation from parallel zlib work.
-   * @default 10
-   */
-  concurrencyLimit: number
-  /**
-   * Size in bytes of the output buffer each zlib stream holds, 64 to 65536. Inflated data is
-   * also checked against maxPayload per chunk of this size.
-   * @default 4096
-   */
-  chunkSize: number
-}
-
-/** The named profiles. */
-export type CompressionProfileName = 'default' | 'high' | 'fast' | 'disabled'
-
-/** The plugin's `compression` option: a profile name, true (default), false (disabled), or settings over the default profile. */
-export type CompressionOption = CompressionProfileName | boolean | Partial<CompressionSettings>
-
-/** Options of a {@link CompressionManager}: settings over the default profile, and a logger. */
 export interface CompressionManagerOptions extends Partial<CompressionSettings> {
   /** Where compression errors are logged (at warn). @default no logging */
   log?: WarnLogger
@@ -142,149 +62,10 @@ export interface CompressionStats extends CompressionFigures {
   ratioIn: number | null
 }
 
-/**
- * Whether an 'error' a ws socket emitted is a zlib failure (code `Z_DATA_ERROR` and the like):
- * compressed data from the peer that does not inflate. The plugin passes those to
- * {@link CompressionManager.recordError}.
- */
-export function isCompressionError (err: unknown): boolean {
-  if (typeof err !== 'object' || err === null) return false
-  const code = (err as { code?: unknown }).code
-  return typeof code === 'string' && code.startsWith('Z_')
-}
-
-/** Send options that keep a message uncompressed; frozen, so one object serves every send. */
-export const UNCOMPRESSED: Readonly<{ compress: false }> = Object.freeze({ compress: false })
-
-/** Send options that ask for compression (ws's own default); frozen, for the other branch of the same choice. */
-export const COMPRESSED: Readonly<{ compress: true }> = Object.freeze({ compress: true })
-
-/** The built-in profiles; their measured memory and ratio are in the comment at the top of this module (bench/compression-profiles.ts). */
-export const COMPRESSION_PROFILES: Readonly<Record<CompressionProfileName, Readonly<CompressionSettings>>> = Object.freeze({
-  default: Object.freeze({
-    enabled: true,
-    level: 6,
-    threshold: 1024,
-    memLevel: 5,
-    serverMaxWindowBits: 13,
-    serverNoContextTakeover: false,
-    clientNoContextTakeover: false,
-    concurrencyLimit: 10,
-    chunkSize: 4096
-  }),
-  high: Object.freeze({
-    enabled: true,
-    level: 9,
-    threshold: 512,
-    memLevel: 8,
-    serverMaxWindowBits: 15,
-    serverNoContextTakeover: false,
-    clientNoContextTakeover: false,
-    concurrencyLimit: 10,
-    chunkSize: 8192
-  }),
-  fast: Object.freeze({
-    enabled: true,
-    level: 1,
-    threshold: 2048,
-    memLevel: 4,
-    serverMaxWindowBits: 12,
-    serverNoContextTakeover: false,
-    clientNoContextTakeover: false,
-    concurrencyLimit: 10,
-    chunkSize: 4096
-  }),
-  disabled: Object.freeze({
-    enabled: false,
-    level: 6,
-    threshold: 1024,
-    memLevel: 5,
-    serverMaxWindowBits: 13,
-    serverNoContextTakeover: false,
-    clientNoContextTakeover: false,
-    concurrencyLimit: 10,
-    chunkSize: 4096
-  })
-})
-
-const SETTING_KEYS = Object.keys(COMPRESSION_PROFILES.default) as readonly (keyof CompressionSettings)[]
-const PROFILE_NAMES = "'default', 'high', 'fast', 'disabled', true, false or an object of settings"
-
-function checkBool (name: string, value: unknown): boolean {
-  if (typeof value !== 'boolean') throw new errors.FST_WSM_OPTION_INVALID(name, `expected a boolean, got ${JSON.stringify(value)}`)
-  return value
-}
-
-function checkSettings (input: Record<string, unknown>, base: Readonly<CompressionSettings>, prefix: string): CompressionSettings {
-  for (const key of Object.keys(input)) {
-    if (key !== 'log' && !(SETTING_KEYS as readonly string[]).includes(key)) {
-      throw new errors.FST_WSM_OPTION_INVALID(`${prefix}${key}`, `unknown option; known: ${SETTING_KEYS.join(', ')}`)
-    }
-  }
-  return {
-    enabled: checkBool(`${prefix}enabled`, input.enabled ?? base.enabled),
-    level: checkInt(`${prefix}level`, input.level ?? base.level, 0, 9),
-    threshold: checkInt(`${prefix}threshold`, input.threshold ?? base.threshold, 0, 2 ** 31 - 1),
-    memLevel: checkInt(`${prefix}memLevel`, input.memLevel ?? base.memLevel, 1, 9),
-    // 8 is left out: zlib silently raises a raw deflate window of 2^8 to 2^9, so the peer,
-    // told 8, could receive distances its window does not hold.
-    serverMaxWindowBits: checkInt(`${prefix}serverMaxWindowBits`, input.serverMaxWindowBits ?? base.serverMaxWindowBits, 9, 15),
-    serverNoContextTakeover: checkBool(`${prefix}serverNoContextTakeover`, input.serverNoContextTakeover ?? base.serverNoContextTakeover),
-    clientNoContextTakeover: checkBool(`${prefix}clientNoContextTakeover`, input.clientNoContextTakeover ?? base.clientNoContextTakeover),
-    concurrencyLimit: checkInt(`${prefix}concurrencyLimit`, input.concurrencyLimit ?? base.concurrencyLimit, 1, 1024),
-    chunkSize: checkInt(`${prefix}chunkSize`, input.chunkSize ?? base.chunkSize, 64, 65_536)
-  }
-}
-
-/**
- * Turns the plugin's `compression` option into settings: a profile name, `true` (default),
- * `false` (disabled), or an object whose keys override the default profile.
- * @throws FST_WSM_OPTION_INVALID for an unknown profile or key, or a value out of range
- * (level 0-9, threshold an integer >= 0, memLevel 1-9, serverMaxWindowBits 9-15,
- * concurrencyLimit 1-1024, chunkSize 64-65536).
- */
-export function resolveCompressionProfile (value: unknown, name = 'compression'): CompressionSettings {
-  if (value === true) return { ...COMPRESSION_PROFILES.default }
-  if (value === false) return { ...COMPRESSION_PROFILES.disabled }
-  if (typeof value === 'string') {
-    if (Object.hasOwn(COMPRESSION_PROFILES, value)) return { ...COMPRESSION_PROFILES[value as CompressionProfileName] }
-    throw new errors.FST_WSM_OPTION_INVALID(name, `expected ${PROFILE_NAMES}, got ${JSON.stringify(value)}`)
-  }
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    throw new errors.FST_WSM_OPTION_INVALID(name, `expected ${PROFILE_NAMES}, got ${JSON.stringify(value)}`)
-  }
-  return checkSettings(value as Record<string, unknown>, COMPRESSION_PROFILES.default, `${name}.`)
-}
-
-/** ws's `perMessageDeflate` server option for settings; `false` when disabled. */
-export function perMessageDeflateOptions (settings: Readonly<CompressionSettings>): WebSocket.PerMessageDeflateOptions | false {
-  if (!settings.enabled) return false
-  const options: WebSocket.PerMessageDeflateOptions = {
-    // ws applies its own threshold when server_no_context_takeover is negotiated; the same
-    // number keeps both paths in agreement.
-    threshold: settings.threshold,
-    concurrencyLimit: settings.concurrencyLimit,
-    serverMaxWindowBits: settings.serverMaxWindowBits,
-    // windowBits is left to ws, which sets it from the negotiated parameters.
-    zlibDeflateOptions: { level: settings.level, memLevel: settings.memLevel, chunkSize: settings.chunkSize },
-    zlibInflateOptions: { chunkSize: settings.chunkSize }
-  }
-  // Only `true` is passed: ws reads an explicit `serverNoContextTakeover: false` as a refusal
-  // of clients that ask for it, and fails their handshake with HTTP 400.
-  if (settings.serverNoContextTakeover) options.serverNoContextTakeover = true
-  if (settings.clientNoContextTakeover) options.clientNoContextTakeover = true
-  return options
-}
-
 // Node's net.Socket counters; absent on the streams injectWS() uses.
 interface WireCounters {
   readonly bytesWritten: number
   readonly bytesRead: number
-}
-
-interface WsInternals {
-  // ws's transport: a net.Socket (or tls.TLSSocket) for real connections. Stable across ws 8.x.
-  _socket?: Partial<WireCounters> | null
 }
 
 interface Tracked {
@@ -350,8 +131,8 @@ function addTo (totals: Totals, t: Tracked): void {
 }
 
 function wireOf (ws: WebSocket): WireCounters | null {
-  const socket = (ws as unknown as WsInternals)._socket
-  if (socket === null || socket === undefined) return null
+  const socket = transportOf(ws)
+  if (socket === null) return null
   return typeof socket.bytesWritten === 'number' && typeof socket.bytesRead === 'number' ? socket as WireCounters : null
 }
 

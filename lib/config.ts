@@ -1,5 +1,5 @@
 import { errors, isSendableCloseCode } from './errors'
-import type { OriginPolicy } from './limits'
+import type { OriginPolicy } from './origin'
 import type { WsManagerOptions } from './options'
 
 /** What `loadConfig()` reads from the environment: the reference server's settings and the plugin's options. */
@@ -114,38 +114,38 @@ function readOrigins (read: EnvReader): OriginPolicy {
  */
 export function loadConfig (env: Env = process.env): ServerConfig {
   const read = new EnvReader(env)
+  // Every variable that is set is read and validated first, whether a switch elsewhere makes
+  // it unused: a typo must not wait until the day the feature is turned on.
+  const heartbeatOn = read.bool('HEARTBEAT_ENABLED', true)
+  const heartbeat = {
+    pingInterval: read.int('PING_INTERVAL', 30_000, 10, 86_400_000),
+    pongTimeout: read.int('PONG_TIMEOUT', 5000, 5, 86_400_000),
+    maxMissedPongs: read.int('MAX_MISSED_PONGS', 3, 1, 100)
+  }
+  const compressionOn = read.bool('COMPRESSION_ENABLED', false)
+  const compression = {
+    level: read.int('COMPRESSION_LEVEL', 6, 0, 9),
+    threshold: read.int('COMPRESSION_THRESHOLD', 1024, 0, 2_147_483_647)
+  }
+  const messageRate = readRate(read, 'MESSAGE_RATE_LIMIT', { max: 100, timeWindow: 1000 })
+  const messagePolicy = read.string('MESSAGE_RATE_POLICY', 'close', (v) => v === 'close' || v === 'drop' ? null : 'expected close or drop') as 'close' | 'drop'
   const options: WsManagerOptions = {
     close: {
       timeout: read.int('CLOSE_TIMEOUT', 5000, 1, 600_000),
       shutdownCode: read.int('SHUTDOWN_CLOSE_CODE', 1001, 1000, 4999)
     },
-    heartbeat: read.bool('HEARTBEAT_ENABLED', true)
-      ? {
-          pingInterval: read.int('PING_INTERVAL', 30_000, 10, 86_400_000),
-          pongTimeout: read.int('PONG_TIMEOUT', 5000, 5, 86_400_000),
-          maxMissedPongs: read.int('MAX_MISSED_PONGS', 3, 1, 100)
-        }
-      : false,
+    heartbeat: heartbeatOn ? heartbeat : false,
     idleTimeout: read.int('IDLE_TIMEOUT', 300_000, 0, 2_147_483_647),
     frameSize: {
-      maxFrameSize: read.int('MAX_FRAME_SIZE', 1_048_576, 1, 1_073_741_824),
-      warnThreshold: read.int('FRAME_WARN_THRESHOLD', 524_288, 1, 1_073_741_824)
+      maxMessageSize: read.int('MAX_MESSAGE_SIZE', 1_048_576, 1, 1_073_741_824),
+      warnThreshold: read.int('MESSAGE_WARN_THRESHOLD', 524_288, 1, 1_073_741_824)
     },
-    compression: read.bool('COMPRESSION_ENABLED', false)
-      ? {
-          level: read.int('COMPRESSION_LEVEL', 6, 0, 9),
-          threshold: read.int('COMPRESSION_THRESHOLD', 1024, 0, 1_073_741_824)
-        }
-      : 'disabled',
+    compression: compressionOn ? compression : 'disabled',
     allowedOrigins: readOrigins(read),
     upgradeRateLimit: readRate(read, 'UPGRADE_RATE_LIMIT', { max: 30, timeWindow: 60_000 }),
-    messageRateLimit: (() => {
-      const rate = readRate(read, 'MESSAGE_RATE_LIMIT', { max: 100, timeWindow: 1000 })
-      if (rate === false) return false
-      const policy = read.string('MESSAGE_RATE_POLICY', 'close', (v) => v === 'close' || v === 'drop' ? null : 'expected close or drop') as 'close' | 'drop'
-      return { ...rate, burst: rate.max * 2, policy }
-    })(),
+    messageRateLimit: messageRate === false ? false : { ...messageRate, burst: messageRate.max * 2, policy: messagePolicy },
     maxConnections: read.int('MAX_CONNECTIONS', 0, 0, 100_000_000),
+    maxConnectionsPerIp: read.int('MAX_CONNECTIONS_PER_IP', 100, 0, 100_000_000),
     maxConnectionsPerUser: read.int('MAX_CONNECTIONS_PER_USER', 0, 0, 100_000_000),
     backpressure: {
       highWaterMark: read.int('BACKPRESSURE_HIGH_WATER_MARK', 1_048_576, 1024, 1_073_741_824),
@@ -153,14 +153,13 @@ export function loadConfig (env: Env = process.env): ServerConfig {
     }
   }
   // Cross-field rules are checked here so the error names a variable, not an option.
-  const hb = options.heartbeat
-  if (hb !== false && hb !== undefined && (hb.pongTimeout as number) >= (hb.pingInterval as number)) {
-    throw new errors.FST_WSM_ENV_INVALID('PONG_TIMEOUT', String(hb.pongTimeout), `expected less than PING_INTERVAL (${String(hb.pingInterval)})`)
+  if (heartbeat.pongTimeout >= heartbeat.pingInterval) {
+    throw new errors.FST_WSM_ENV_INVALID('PONG_TIMEOUT', String(heartbeat.pongTimeout), `expected less than PING_INTERVAL (${heartbeat.pingInterval})`)
   }
-  const fs = options.frameSize as { maxFrameSize: number, warnThreshold: number }
-  if (!read.has('FRAME_WARN_THRESHOLD')) fs.warnThreshold = Math.max(1, Math.floor(fs.maxFrameSize / 2))
-  else if (fs.warnThreshold > fs.maxFrameSize) {
-    throw new errors.FST_WSM_ENV_INVALID('FRAME_WARN_THRESHOLD', String(fs.warnThreshold), `expected at most MAX_FRAME_SIZE (${fs.maxFrameSize})`)
+  const fs = options.frameSize as { maxMessageSize: number, warnThreshold: number }
+  if (!read.has('MESSAGE_WARN_THRESHOLD')) fs.warnThreshold = Math.max(1, Math.floor(fs.maxMessageSize / 2))
+  else if (fs.warnThreshold > fs.maxMessageSize) {
+    throw new errors.FST_WSM_ENV_INVALID('MESSAGE_WARN_THRESHOLD', String(fs.warnThreshold), `expected at most MAX_MESSAGE_SIZE (${fs.maxMessageSize})`)
   }
   if (!isSendableCloseCode(options.close?.shutdownCode)) {
     throw new errors.FST_WSM_ENV_INVALID('SHUTDOWN_CLOSE_CODE', String(options.close?.shutdownCode), 'expected a close code from 1000-1003, 1007-1014 or 3000-4999')

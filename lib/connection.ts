@@ -1,22 +1,45 @@
+// One managed connection. It owns its state and its close: whoever wants it closed (the
+// application, the heartbeat, the idle sweep, token expiry, shutdown) asks it, and learns the
+// outcome from the promise it returns.
+//
+// Sending has one name per layer:
+// - send(): the public call; serializes a value to JSON, then deliver().
+// - deliver(): the backpressure policy, 'wait' included (sendToUser and broadcast call it).
+// - write(): every data message that reaches the wire goes through here, the application's
+//   raw socket.send() included: the 'close' and 'drop' policies, counters, the compression
+//   threshold; then ws's own send (kSocketSend).
 import type { FastifyBaseLogger } from 'fastify'
 import type WebSocket from 'ws'
-import type { CloseRequest, CloseResult, GracefulCloseManager } from './close'
-import { prepare, withCompress, type BackpressureOptions, type DeliveryCounters, type Sendable, type SendOptions, type SendResult } from './delivery'
+import { checkCloseRequest, TERMINATE_GRACE_MS, type CloseResult, type GracefulCloseManager } from './close'
 import type { CompressionConnectionStats, CompressionManager } from './compression'
+import { payloadSize, prepare, withCompress, type BackpressureOptions, type DeliveryCounters, type Sendable, type SendOptions, type SendResult } from './delivery'
 import { CloseCode } from './errors'
-import type { HeartbeatSettings } from './heartbeat'
-import type { Bucket } from './limits'
-import { kRawSend, type CloseInitiator, type ManagedWebSocket } from './socket'
+import type { HeartbeatSettings } from './heartbeat-settings'
+import { transportOf } from './internals'
+import type { Bucket } from './message-limits'
+import { kSocketClose, kSocketSend, kSocketTerminate } from './symbols'
 
 /** Where a connection is in its life. */
 export type ConnectionState = 'open' | 'closing' | 'closed'
 
+/** Who started a close: the server, the client, or neither (the TCP connection was lost). */
+export type CloseInitiator = 'server' | 'client' | 'network'
+
 type SendCallback = (err?: Error) => void
 
-/** Hooks a connection calls for every data message it receives; see lib/plugin.ts. */
+/** What a connection needs of its socket beyond ws's API: ws's own send, close and terminate (lib/socket.ts). */
+export interface ManagedSocket extends WebSocket {
+  [kSocketSend] (data: WebSocket.Data, options: SendOptions | undefined, cb: SendCallback | undefined): void
+  [kSocketClose] (code?: number, data?: string | Buffer): void
+  [kSocketTerminate] (): void
+}
+
+/** What runs for every data message and ping a connection receives; see lib/pipeline.ts. */
 export interface MessageHook {
   /** Returns false to stop the message here (dropped or consumed). */
   onMessage (connection: Connection, data: WebSocket.RawData, isBinary: boolean, size: number): boolean
+  /** Returns false when the ping must not be answered. */
+  onPing (connection: Connection): boolean
 }
 
 /** Settings shared by every connection of one route; one object per route, not per connection. */
@@ -28,18 +51,20 @@ export interface RouteSettings {
   heartbeat: HeartbeatSettings | undefined | false
   /** Idle timeout in milliseconds; 0 when off. */
   idleTimeout: number
-  /** Run for every received data message, or null when nothing needs to see them. */
-  messageHook: MessageHook | null
+  /** Run for every received data message and ping. */
+  messageHook: MessageHook
 }
 
 /** What the plugin gives a connection so it can report its own end. */
 export interface ConnectionHost {
-  /** The close manager every close goes through. */
+  /** Counts closes; its timeout is the default of close(). */
   readonly closer: GracefulCloseManager
   /** Backpressure counters. */
   readonly delivery: DeliveryCounters
   /** Compression statistics. */
   readonly compression: CompressionManager
+  /** Called once, when the connection stops being open (closing or closed). */
+  connectionLeftOpen (connection: Connection): void
   /** Called once, when the socket has closed, to drop the connection from the registry. */
   connectionClosed (connection: Connection): void
 }
@@ -47,9 +72,11 @@ export interface ConnectionHost {
 /** What a connection is created from; nothing here keeps the request alive. */
 export interface ConnectionInit {
   id: string
-  socket: ManagedWebSocket
+  socket: ManagedSocket
   route: string
   remoteAddress: string
+  /** The key the peer's IP is counted under (IPv6 by /64). */
+  ipKey: string
   userId: string | null
   user: Record<string, unknown> | null
   log: FastifyBaseLogger
@@ -60,27 +87,27 @@ export interface ConnectionInit {
   rateBucket: Bucket | null
 }
 
-/** Byte length of anything ws accepts or delivers, without copying it. */
-export function payloadSize (data: WebSocket.Data | number): number {
-  if (typeof data === 'string') return Buffer.byteLength(data)
-  if (Array.isArray(data)) {
-    let n = 0
-    for (let i = 0; i < data.length; i++) n += data[i].length
-    return n
-  }
-  if (typeof data === 'object' && data !== null) return data.byteLength
-  return Buffer.byteLength(String(data))
-}
-
 interface Waiting {
   data: WebSocket.Data
   options: SendOptions | undefined
-  resolve: (result: SendResult) => void
+  size: number
+  resolve: ((result: SendResult) => void) | null
+}
+
+interface PendingClose {
+  readonly promise: Promise<CloseResult>
+  readonly resolve: (result: CloseResult) => void
+  readonly code: number
+  readonly reason: string
+  readonly started: number
+  timer: NodeJS.Timeout | null
+  terminated: boolean
 }
 
 // How often a waiting connection re-checks its buffer when no 'drain' event comes (bytes
 // queued for compression drain without one).
 const DRAIN_POLL_MS = 50
+const EMPTY = Buffer.alloc(0)
 
 /**
  * One accepted WebSocket under management: identity, counters, sending and its way out.
@@ -92,12 +119,14 @@ export class Connection {
   readonly id: string
   /** The authenticated user's id, or null when the route is not authenticated. */
   readonly userId: string | null
-  /** The verified token claims, or null when the route is not authenticated. */
+  /** What @fastify/jwt's verification returned (the claims), or null when the route is not authenticated. */
   readonly user: Record<string, unknown> | null
   /** The route's URL pattern, e.g. `/rooms/:id`. */
   readonly route: string
   /** The peer's IP address as Fastify saw it (trustProxy applies). */
   readonly remoteAddress: string
+  /** @internal The key the peer's IP is counted under for `maxConnectionsPerIp`. */
+  readonly ipKey: string
   /** Epoch milliseconds when the upgrade completed. */
   readonly connectedAt: number
   /** Epoch milliseconds of the last data message in either direction. */
@@ -112,12 +141,10 @@ export class Connection {
   bytesOut = 0
   /** Messages dropped by the backpressure policy. */
   messagesDropped = 0
-  /** Where the connection is in its life. */
-  state: ConnectionState = 'open'
   /** The close code, once closed. */
   closeCode: number | null = null
   /** The underlying socket. */
-  readonly socket: ManagedWebSocket
+  readonly socket: ManagedSocket
   /** A child of the request's logger bound to `{ connectionId, userId, route }`. */
   readonly log: FastifyBaseLogger
   /** The route's shared settings. */
@@ -132,8 +159,11 @@ export class Connection {
   routerErrors = 0
   readonly #compressThreshold: number
   readonly #host: ConnectionHost
+  #state: ConnectionState = 'open'
+  #close: PendingClose | null = null
   #overHighWater = false
   #waiting: Waiting[] | null = null
+  #queuedBytes = 0
   #drainWaiters: Array<() => void> | null = null
   #drainTimer: NodeJS.Timeout | null = null
   #expiryTimer: NodeJS.Timeout | null = null
@@ -144,6 +174,7 @@ export class Connection {
     this.socket = init.socket
     this.route = init.route
     this.remoteAddress = init.remoteAddress
+    this.ipKey = init.ipKey
     this.userId = init.userId
     this.user = init.user
     this.log = init.log
@@ -153,6 +184,11 @@ export class Connection {
     this.compressing = init.settings.compressThreshold >= 0 && init.socket.extensions.includes('permessage-deflate')
     this.#compressThreshold = this.compressing ? init.settings.compressThreshold : -1
     this.connectedAt = this.lastActivityAt = Date.now()
+  }
+
+  /** Where the connection is in its life: 'open', 'closing' once a close began, 'closed'. */
+  get state (): ConnectionState {
+    return this.#state
   }
 
   /**
@@ -170,13 +206,14 @@ export class Connection {
 
   /** False while the buffered bytes are over the high-water mark. */
   get writable (): boolean {
-    return this.state === 'open' && this.socket.bufferedAmount <= this.settings.backpressure.highWaterMark
+    return this.#state === 'open' && this.socket.bufferedAmount <= this.settings.backpressure.highWaterMark
   }
 
   /**
    * Sends through the connection's accounting and backpressure policy. Raw data goes as it
    * is; any other value is sent as JSON text. Returns what happened; under the 'wait' policy
-   * a send over the high-water mark returns a promise that settles once it went out.
+   * a send over the high-water mark returns a promise that settles once it went out (or the
+   * connection closed).
    */
   send (data: Sendable, options?: SendOptions): SendResult | Promise<SendResult> {
     let payload: WebSocket.Data
@@ -187,20 +224,35 @@ export class Connection {
       payload = prepared.data as WebSocket.Data
       if (opts === undefined) opts = prepared.options
     }
-    return this.deliver(payload, opts)
+    return this.deliver(payload, opts, true) as SendResult | Promise<SendResult>
   }
 
-  /** @internal Sends an already prepared payload; shared by send(), sendToUser() and broadcast(). */
-  deliver (data: WebSocket.Data, options: SendOptions | undefined): SendResult | Promise<SendResult> {
-    if (this.settings.backpressure.policy === 'wait' && this.state === 'open' &&
-      (this.#waiting !== null || this.socket.bufferedAmount > this.settings.backpressure.highWaterMark)) {
-      return new Promise((resolve) => {
-        if (this.#waiting === null) this.#waiting = []
-        this.#waiting.push({ data, options, resolve })
-        this.#watchDrain()
-      })
+  /**
+   * @internal Applies the backpressure policy to a prepared payload. Under 'wait' over the
+   * high-water mark the message is queued (up to `maxQueued` bytes, then the connection is
+   * closed with 1013): with `wantPromise` the caller gets a promise of the outcome, else
+   * 'queued' at once, so a fan-out never waits on one slow reader.
+   */
+  deliver (data: WebSocket.Data, options: SendOptions | undefined, wantPromise: boolean): SendResult | Promise<SendResult> {
+    const backpressure = this.settings.backpressure
+    if (backpressure.policy === 'wait' && this.#state === 'open' &&
+      (this.#waiting !== null || this.socket.bufferedAmount > backpressure.highWaterMark)) {
+      const size = payloadSize(data)
+      if (this.#queuedBytes + size > backpressure.maxQueued) {
+        this.#slowConsumer(this.socket.bufferedAmount + this.#queuedBytes)
+        return 'closed'
+      }
+      this.#queuedBytes += size
+      this.#waiting ??= []
+      this.#watchDrain()
+      if (!wantPromise) {
+        this.#waiting.push({ data, options, size, resolve: null })
+        return 'queued'
+      }
+      const waiting = this.#waiting
+      return new Promise((resolve) => waiting.push({ data, options, size, resolve }))
     }
-    return this.transmit(data, options, undefined)
+    return this.write(data, options, undefined)
   }
 
   /**
@@ -208,7 +260,7 @@ export class Connection {
    * are), or when the connection closes: the cue for a streaming source to resume.
    */
   waitForDrain (): Promise<void> {
-    if (this.state === 'closed' || this.socket.bufferedAmount <= this.settings.backpressure.lowWaterMark) {
+    if (this.#state === 'closed' || this.socket.bufferedAmount <= this.settings.backpressure.lowWaterMark) {
       return Promise.resolve()
     }
     return new Promise((resolve) => {
@@ -230,14 +282,35 @@ export class Connection {
   }
 
   /**
-   * Closes the connection gracefully through the close manager.
-   * @throws FST_WSM_CLOSE_CODE_INVALID (as a rejection) for a code RFC 6455 forbids.
+   * Closes the connection gracefully: sends the close frame, waits up to `timeout` for the
+   * peer's, then terminates. A second call while closing returns the first call's promise;
+   * on a closed connection it resolves at once.
+   * Rejects, and changes nothing, on a bad request: FST_WSM_CLOSE_CODE_INVALID for a code
+   * RFC 6455 forbids, FST_WSM_ARGUMENT_INVALID for a reason that is not a string or a
+   * timeout that is not an integer from 1 to 600000.
    */
   close (code: number = CloseCode.NORMAL, reason = '', timeout?: number): Promise<CloseResult> {
-    const request: CloseRequest = { code, reason }
-    if (timeout !== undefined) request.timeout = timeout
-    if (this.state === 'open') this.state = 'closing'
-    return this.#host.closer.close(this.socket, request)
+    const checked = checkCloseRequest(code, reason, timeout, this.#host.closer.timeout)
+    if (checked instanceof Error) return Promise.reject(checked)
+    if (this.#close !== null) return this.#close.promise
+    if (this.#state === 'closed') return Promise.resolve(this.#closedResult(checked.code, checked.reason))
+    const pending = this.#beginClose(checked.code, checked.reason, checked.timeout)
+    const socket = this.socket
+    // CONNECTING cannot carry a close frame; CLOSING already sent or received one.
+    if (socket.readyState === 0) this.#terminateSocket(pending)
+    else if (socket.readyState === 1) socket[kSocketClose](checked.code, checked.reason)
+    return pending.promise
+  }
+
+  /**
+   * Ends a connection whose peer is known dead (the heartbeat gave up on it): no close
+   * frame, no wait. Resolves when the socket is closed; a close under way is cut short.
+   */
+  terminate (): Promise<CloseResult> {
+    if (this.#state === 'closed') return Promise.resolve(this.#closedResult(1006, ''))
+    const pending = this.#close ?? this.#beginClose(1006, '', TERMINATE_GRACE_MS)
+    if (!pending.terminated) this.#terminateSocket(pending)
+    return pending.promise
   }
 
   /**
@@ -246,16 +319,14 @@ export class Connection {
    */
   fail (err: unknown, source: string): void {
     this.log.error({ err, source }, 'connection handler failed')
-    if (this.state === 'open') {
-      this.close(CloseCode.INTERNAL_ERROR, 'Internal error').catch(noop)
-    }
+    if (this.#state === 'open') this.close(CloseCode.INTERNAL_ERROR, 'Internal error').catch(noop)
   }
 
   /**
    * @internal The one path every outgoing data message takes, raw socket.send() included:
-   * backpressure policy, counters, compression threshold.
+   * the 'close' and 'drop' policies, counters, compression threshold.
    */
-  transmit (data: WebSocket.Data, options: SendOptions | SendCallback | undefined, cb: SendCallback | undefined): SendResult {
+  write (data: WebSocket.Data, options: SendOptions | SendCallback | undefined, cb: SendCallback | undefined): SendResult {
     if (typeof options === 'function') {
       cb = options
       options = undefined
@@ -263,7 +334,7 @@ export class Connection {
     const socket = this.socket
     if (socket.readyState !== 1) {
       // ws reports a send after close through the callback; keep that behaviour.
-      socket[kRawSend](data, options, cb)
+      socket[kSocketSend](data, options, cb)
       return 'closed'
     }
     const backpressure = this.settings.backpressure
@@ -276,8 +347,7 @@ export class Connection {
         this.#overHighWater = true
         return 'dropped'
       }
-      this.#host.delivery.slowConsumerClosed(this.userId, this.log, buffered)
-      this.close(CloseCode.TRY_AGAIN_LATER, 'Slow consumer').catch(noop)
+      this.#slowConsumer(buffered)
       return 'closed'
     }
     if (this.#overHighWater && buffered <= backpressure.lowWaterMark) this.#overHighWater = false
@@ -287,11 +357,10 @@ export class Connection {
     this.lastActivityAt = Date.now()
     const threshold = this.#compressThreshold
     if (threshold < 0) {
-      socket[kRawSend](data, options, cb)
+      socket[kSocketSend](data, options, cb)
     } else {
-      const compress = size >= threshold
-      const opts = withCompress(options, compress)
-      socket[kRawSend](data, opts, cb)
+      const opts = withCompress(options, size >= threshold)
+      socket[kSocketSend](data, opts, cb)
       this.#host.compression.recordSent(socket, size, opts.compress === true)
     }
     return 'sent'
@@ -303,8 +372,12 @@ export class Connection {
     this.messagesIn++
     this.bytesIn += size
     this.lastActivityAt = Date.now()
-    const hook = this.settings.messageHook
-    return hook === null || hook.onMessage(this, data, isBinary, size)
+    return this.settings.messageHook.onMessage(this, data, isBinary, size)
+  }
+
+  /** @internal A ping arrived; false when it must go unanswered (over the message budget). */
+  pinged (): boolean {
+    return this.#state === 'open' && this.settings.messageHook.onPing(this)
   }
 
   /** @internal A listener the application attached to the socket threw. */
@@ -312,12 +385,24 @@ export class Connection {
     this.fail(err, `listener:${String(event)}`)
   }
 
-  /** @internal The socket closed: leave the registry and log the end, exactly once. */
+  /** @internal The application called socket.close() or terminate() itself. */
+  closedBySocket (): void {
+    if (this.#state === 'open' && this.socket.readyState >= 2) this.#leaveOpen('closing')
+  }
+
+  /** @internal The socket closed: settle the close, leave the registry and log the end, exactly once. */
   onSocketClose (code: number, reason: Buffer, initiator: CloseInitiator): void {
-    if (this.state === 'closed') return
-    this.state = 'closed'
+    if (this.#state === 'closed') return
+    this.#leaveOpen('closed')
     this.closeCode = code
     if (this.#expiryTimer !== null) clearTimeout(this.#expiryTimer)
+    const pending = this.#close
+    if (pending !== null) {
+      if (pending.timer !== null) clearTimeout(pending.timer)
+      const clean = !pending.terminated && code !== 1006
+      this.#host.closer.finished(clean)
+      pending.resolve({ code: pending.code, reason: pending.reason, clean, durationMs: Math.round(performance.now() - pending.started) })
+    }
     this.#flushWaiting()
     this.#host.connectionClosed(this)
     this.log.info({
@@ -333,29 +418,63 @@ export class Connection {
     }, 'connection closed')
   }
 
+  #leaveOpen (next: 'closing' | 'closed'): void {
+    const wasOpen = this.#state === 'open'
+    this.#state = next
+    if (wasOpen) this.#host.connectionLeftOpen(this)
+  }
+
+  #closedResult (code: number, reason: string): CloseResult {
+    return { code: this.closeCode ?? code, reason, clean: false, durationMs: 0 }
+  }
+
+  #beginClose (code: number, reason: string, timeout: number): PendingClose {
+    let resolve!: (result: CloseResult) => void
+    const promise = new Promise<CloseResult>((_resolve) => { resolve = _resolve })
+    const pending: PendingClose = { promise, resolve, code, reason, started: performance.now(), timer: null, terminated: false }
+    pending.timer = setTimeout(() => this.#terminateSocket(pending), timeout)
+    this.#close = pending
+    this.#host.closer.began()
+    this.#leaveOpen('closing')
+    return pending
+  }
+
+  // Terminates the socket, then gives ws a short grace to report the close; a stream that
+  // never reports it (an injected socket) is finished here, so no close can hang and no
+  // connection can stay registered.
+  #terminateSocket (pending: PendingClose): void {
+    pending.terminated = true
+    if (pending.timer !== null) clearTimeout(pending.timer)
+    pending.timer = setTimeout(() => this.onSocketClose(1006, EMPTY, 'server'), TERMINATE_GRACE_MS)
+    this.socket[kSocketTerminate]()
+  }
+
+  #slowConsumer (buffered: number): void {
+    if (this.#state !== 'open') return
+    this.#host.delivery.slowConsumerClosed(this.userId, this.log, buffered)
+    this.close(CloseCode.TRY_AGAIN_LATER, 'Slow consumer').catch(noop)
+  }
+
   #watchDrain (): void {
     if (this.#drainTimer !== null) return
     this.#drainTimer = setInterval(() => this.#flushWaiting(), DRAIN_POLL_MS)
     // The TCP socket's 'drain' is the prompt signal; the timer covers the compression queue.
-    const raw = (this.socket as unknown as { _socket?: NodeJS.EventEmitter })._socket
-    raw?.on('drain', this.#onDrain)
+    transportOf(this.socket)?.on('drain', this.#onDrain)
   }
 
   readonly #onDrain = (): void => this.#flushWaiting()
 
   // Sends waiting messages in order while the buffer allows, and wakes drain waiters.
   #flushWaiting (): void {
-    const closed = this.state !== 'open' || this.socket.readyState !== 1
+    const closed = this.#state !== 'open' || this.socket.readyState !== 1
     const waiting = this.#waiting
     if (waiting !== null) {
       while (waiting.length > 0) {
-        if (closed) {
-          (waiting.shift() as Waiting).resolve('closed')
-          continue
-        }
-        if (this.socket.bufferedAmount > this.settings.backpressure.lowWaterMark) break
+        if (!closed && this.socket.bufferedAmount > this.settings.backpressure.lowWaterMark) break
         const next = waiting.shift() as Waiting
-        next.resolve(this.transmit(next.data, next.options, undefined))
+        this.#queuedBytes -= next.size
+        const result = closed ? 'closed' : this.write(next.data, next.options, undefined)
+        next.resolve?.(result)
       }
       if (waiting.length === 0) this.#waiting = null
     }
@@ -367,8 +486,7 @@ export class Connection {
     if (this.#waiting === null && this.#drainWaiters === null && this.#drainTimer !== null) {
       clearInterval(this.#drainTimer)
       this.#drainTimer = null
-      const raw = (this.socket as unknown as { _socket?: NodeJS.EventEmitter })._socket
-      raw?.removeListener('drain', this.#onDrain)
+      transportOf(this.socket)?.removeListener('drain', this.#onDrain)
     }
   }
 }

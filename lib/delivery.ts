@@ -1,9 +1,14 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type WebSocket from 'ws'
-import { COMPRESSED, UNCOMPRESSED } from './compression'
+import { COMPRESSED, UNCOMPRESSED } from './compression-profiles'
+import { BoundedCounts } from './counters'
+import { checkInt, checkOneOf, section } from './validate'
 
-/** What a send did: went out, was dropped by the backpressure policy, or found the connection closed (or closed it). */
-export type SendResult = 'sent' | 'dropped' | 'closed'
+/**
+ * What a send did: went out, was dropped by the backpressure policy, found the connection
+ * closed (or closed it), or (fan-outs under 'wait' only) was queued behind a full buffer.
+ */
+export type SendResult = 'sent' | 'dropped' | 'closed' | 'queued'
 
 /** What to do when a connection's buffered bytes are over the high-water mark. */
 export type BackpressurePolicy = 'close' | 'drop' | 'wait'
@@ -27,6 +32,57 @@ export interface BackpressureOptions {
    * @default 'close'
    */
   policy: BackpressurePolicy
+  /**
+   * Under 'wait': bytes a connection may hold queued behind its buffer. A send that would
+   * pass it closes the connection with 1013 "Slow consumer", so one paused reader costs at
+   * most `highWaterMark + maxQueued` bytes.
+   * @default highWaterMark
+   */
+  maxQueued: number
+}
+
+const MiB = 1024 * 1024
+
+/** The defaults of {@link BackpressureOptions}. */
+export const BACKPRESSURE_DEFAULTS: Readonly<BackpressureOptions> = Object.freeze({
+  highWaterMark: MiB, lowWaterMark: MiB / 4, policy: 'close', maxQueued: MiB
+})
+
+const BACKPRESSURE_KEYS = ['highWaterMark', 'lowWaterMark', 'policy', 'maxQueued'] as const
+const POLICIES: readonly BackpressurePolicy[] = ['close', 'drop', 'wait']
+
+/**
+ * Validates backpressure settings over a base. When `highWaterMark` is given, the low-water
+ * mark defaults to a quarter of it and `maxQueued` to it.
+ * @throws FST_WSM_OPTION_INVALID naming `<name>.<option>`.
+ */
+export function resolveBackpressure (input: unknown, base: BackpressureOptions, name: string): BackpressureOptions {
+  const bp = section(name, input, BACKPRESSURE_KEYS)
+  const highWaterMark = checkInt(`${name}.highWaterMark`, bp.highWaterMark ?? base.highWaterMark, 1024, 1024 * MiB)
+  const changed = bp.highWaterMark !== undefined
+  const lowWaterMark = checkInt(`${name}.lowWaterMark`, bp.lowWaterMark ?? (changed ? Math.floor(highWaterMark / 4) : base.lowWaterMark), 0, highWaterMark)
+  const policy = checkOneOf(`${name}.policy`, bp.policy ?? base.policy, POLICIES)
+  const maxQueued = checkInt(`${name}.maxQueued`, bp.maxQueued ?? (changed ? highWaterMark : base.maxQueued), 0, 1024 * MiB)
+  return { highWaterMark, lowWaterMark, policy, maxQueued }
+}
+
+/**
+ * Byte length of anything ws accepts or delivers, without copying it: strings, Buffers and
+ * other views, ArrayBuffers, fragment arrays, and Blobs (ws 8.18+ sends those).
+ */
+export function payloadSize (data: WebSocket.Data | Blob | number): number {
+  if (typeof data === 'string') return Buffer.byteLength(data)
+  if (typeof data === 'object' && data !== null) {
+    const length = (data as { byteLength?: unknown }).byteLength
+    if (typeof length === 'number') return length
+    if (Array.isArray(data)) {
+      let n = 0
+      for (let i = 0; i < data.length; i++) n += payloadSize(data[i])
+      return n
+    }
+    if (data instanceof Blob) return data.size
+  }
+  return Buffer.byteLength(String(data))
 }
 
 /** Options accepted by `connection.send()`, as ws's `send()`. */
@@ -93,30 +149,33 @@ interface UserCount {
   slowConsumerCloses: number
 }
 
+function zeroUserCount (): UserCount {
+  return { dropped: 0, slowConsumerCloses: 0 }
+}
+
 /** Delivery counters in `stats()`. */
 export interface DeliveryStats {
   /** Messages dropped by the 'drop' policy. */
   dropped: number
-  /** Connections closed with 1013 by the 'close' policy. */
+  /** Connections closed with 1013 by the 'close' policy or a full 'wait' queue. */
   slowConsumerCloses: number
-  /** Per user id (`(anonymous)` without auth). */
+  /** Per user id, for the first 10,000 users. */
   byUser: Record<string, UserCount>
+  /** Connections without a user. */
+  anonymous: UserCount
+  /** Users past the first 10,000. */
+  untracked: UserCount
 }
 
-/** Keeps the backpressure counters per user and logs each episode once. */
+/** Keeps the backpressure counters per user (bounded) and logs each episode once. */
 export class DeliveryCounters {
   #dropped = 0
   #slowConsumerCloses = 0
-  readonly #byUser = new Map<string, UserCount>()
+  readonly #byUser = new BoundedCounts<UserCount>(zeroUserCount)
+  readonly #anonymous = zeroUserCount()
 
   #user (userId: string | null): UserCount {
-    const key = userId ?? '(anonymous)'
-    let entry = this.#byUser.get(key)
-    if (entry === undefined) {
-      entry = { dropped: 0, slowConsumerCloses: 0 }
-      this.#byUser.set(key, entry)
-    }
-    return entry
+    return userId === null ? this.#anonymous : this.#byUser.entry(userId)
   }
 
   /** Counts a dropped message; logs only when an episode starts. */
@@ -137,7 +196,9 @@ export class DeliveryCounters {
     return {
       dropped: this.#dropped,
       slowConsumerCloses: this.#slowConsumerCloses,
-      byUser: Object.fromEntries([...this.#byUser].map(([k, v]) => [k, { ...v }]))
+      byUser: this.#byUser.snapshot(),
+      anonymous: { ...this.#anonymous },
+      untracked: { ...this.#byUser.untracked }
     }
   }
 }

@@ -59,6 +59,9 @@ export const errors = {
     'FST_WSM_JWT_MISSING',
     'fastify-ws-manager authenticates upgrades with @fastify/jwt: register @fastify/jwt with your secret or keys before it, or pass auth: false',
     500),
+  /** A call got an argument out of range (a close reason that is not a string, a timeout that is not a positive integer). */
+  FST_WSM_ARGUMENT_INVALID: createError<[string, string]>(
+    'FST_WSM_ARGUMENT_INVALID', 'Invalid argument "%s": %s', 500, TypeError),
   /** A close was asked for with a code that RFC 6455 does not allow in a close frame. */
   FST_WSM_CLOSE_CODE_INVALID: createError<[string]>(
     'FST_WSM_CLOSE_CODE_INVALID',

@@ -14,6 +14,7 @@
 // updates, no allocation unless a message is large enough to be logged.
 
 import type WebSocket from 'ws'
+import { BoundedCounts, countsOf, zeroCount, type Count } from './counters'
 import { CloseCode, errors } from './errors'
 import { checkInt } from './validate'
 
@@ -28,11 +29,11 @@ export interface FrameSizeLimits {
    * Largest message accepted, in bytes (after decompression). Integer from 1 to 1 GiB.
    * @default 1048576 (1 MiB)
    */
-  maxFrameSize: number
+  maxMessageSize: number
   /**
    * Messages of at least this many bytes are counted and logged as warnings. Integer from 1 to
-   * `maxFrameSize`.
-   * @default half of maxFrameSize (524288 for the default profile)
+   * `maxMessageSize`.
+   * @default half of maxMessageSize (524288 for the default profile)
    */
   warnThreshold: number
 }
@@ -41,7 +42,7 @@ export interface FrameSizeLimits {
 export type FrameSizeProfileName = 'default' | 'strict' | 'lenient'
 
 /** The plugin's `frameSize` option: a profile name or explicit limits. */
-export type FrameSizeOption = FrameSizeProfileName | { maxFrameSize: number, warnThreshold?: number }
+export type FrameSizeOption = FrameSizeProfileName | { maxMessageSize: number, warnThreshold?: number }
 
 /** Options of a {@link FrameSizeValidator}. */
 export interface FrameSizeValidatorOptions extends Partial<FrameSizeLimits> {
@@ -67,23 +68,24 @@ export interface FrameSizeResult {
 /** Counters of a {@link FrameSizeValidator}, since creation or the last reset(). */
 export interface FrameSizeStats {
   /** The limit in bytes. */
-  maxFrameSize: number
+  maxMessageSize: number
   /** The warning threshold in bytes. */
   warnThreshold: number
   /** Messages passed to observe() / validateFrameSize() / validateAndHandle(). */
-  framesValidated: number
+  messagesValidated: number
   /** Of those, messages within the limit but at or over the warning threshold. */
   warnings: number
   /** Messages over the limit: observed ones plus those ws refused (recordViolation()). */
   violations: number
   /** The largest size passed to observe() and friends, in bytes; refused messages are not included, ws does not report their size. */
-  largestFrame: number
-  /**
-   * Violations per user id, as a plain object (JSON-ready). Connections without a user count
-   * under `'(anonymous)'`; past 10,000 distinct keys, further users count under `'(other)'`.
-   */
+  largestMessage: number
+  /** Violations per user id, as a plain object (JSON-ready), for the first 10,000 users. */
   violationsByUser: Record<string, number>
-  /** Violations per connection id, bounded the same way. */
+  /** Violations of connections without a user. */
+  violationsAnonymous: number
+  /** Violations of users past the first 10,000. */
+  violationsUntrackedUsers: number
+  /** Violations per connection id, for the first 10,000 connections. */
   violationsByConnection: Record<string, number>
 }
 
@@ -99,25 +101,18 @@ export interface FrameSizeServerOptions {
 
 /** The built-in profiles. */
 export const FRAME_SIZE_PROFILES: Readonly<Record<FrameSizeProfileName, Readonly<FrameSizeLimits>>> = Object.freeze({
-  default: Object.freeze({ maxFrameSize: 1024 * 1024, warnThreshold: 512 * 1024 }),
-  strict: Object.freeze({ maxFrameSize: 256 * 1024, warnThreshold: 128 * 1024 }),
-  lenient: Object.freeze({ maxFrameSize: 10 * 1024 * 1024, warnThreshold: 5 * 1024 * 1024 })
+  default: Object.freeze({ maxMessageSize: 1024 * 1024, warnThreshold: 512 * 1024 }),
+  strict: Object.freeze({ maxMessageSize: 256 * 1024, warnThreshold: 128 * 1024 }),
+  lenient: Object.freeze({ maxMessageSize: 10 * 1024 * 1024, warnThreshold: 5 * 1024 * 1024 })
 })
 
 /**
- * The largest `maxFrameSize` accepted: 1 GiB. ws reads `maxPayload` with `| 0`, so anything
+ * The largest `maxMessageSize` accepted: 1 GiB. ws reads `maxPayload` with `| 0`, so anything
  * from 2^31 on would wrap around to a negative number, which ws takes as "no limit".
  */
-export const MAX_FRAME_SIZE = 1024 * 1024 * 1024
+export const MAX_MESSAGE_SIZE = 1024 * 1024 * 1024
 
-/** The key under which violations of connections without a user are counted. */
-export const ANONYMOUS_USER = '(anonymous)'
-
-const OTHER_KEY = '(other)'
-// Bounds the per-user and per-connection maps: ids come from clients, and a long-running
-// server would otherwise keep one entry for every connection that ever broke the limit.
-const MAX_KEYS = 10_000
-const OBJECT_KEYS = ['maxFrameSize', 'warnThreshold'] as const
+const OBJECT_KEYS = ['maxMessageSize', 'warnThreshold'] as const
 
 /** Error codes ws gives a message refused for its size (both close with 1009). */
 const SIZE_ERROR_CODES: ReadonlySet<string> = new Set([
@@ -135,25 +130,25 @@ export function isFrameSizeError (err: unknown): boolean {
   return typeof code === 'string' && SIZE_ERROR_CODES.has(code)
 }
 
-function checkLimits (maxFrameSize: unknown, warnThreshold: unknown, prefix: string): FrameSizeLimits {
-  const max = checkInt(`${prefix}maxFrameSize`, maxFrameSize, 1, MAX_FRAME_SIZE)
+function checkLimits (maxMessageSize: unknown, warnThreshold: unknown, prefix: string): FrameSizeLimits {
+  const max = checkInt(`${prefix}maxMessageSize`, maxMessageSize, 1, MAX_MESSAGE_SIZE)
   const warn = checkInt(`${prefix}warnThreshold`, warnThreshold ?? Math.max(1, Math.floor(max / 2)), 1, max)
-  return { maxFrameSize: max, warnThreshold: warn }
+  return { maxMessageSize: max, warnThreshold: warn }
 }
 
 /**
  * Turns the plugin's `frameSize` option into limits: a profile name, or an object with
- * `maxFrameSize` and optionally `warnThreshold` (half the limit when left out).
+ * `maxMessageSize` and optionally `warnThreshold` (half the limit when left out).
  * @throws FST_WSM_OPTION_INVALID for an unknown profile, an unknown key, a value that is not
- * an integer in range, or a `warnThreshold` above `maxFrameSize`.
+ * an integer in range, or a `warnThreshold` above `maxMessageSize`.
  */
 export function resolveFrameSizeProfile (value: unknown, name = 'frameSize'): FrameSizeLimits {
   if (typeof value === 'string') {
     if (Object.hasOwn(FRAME_SIZE_PROFILES, value)) return { ...FRAME_SIZE_PROFILES[value as FrameSizeProfileName] }
-    throw new errors.FST_WSM_OPTION_INVALID(name, `expected 'default', 'strict', 'lenient' or { maxFrameSize, warnThreshold }, got ${JSON.stringify(value)}`)
+    throw new errors.FST_WSM_OPTION_INVALID(name, `expected 'default', 'strict', 'lenient' or { maxMessageSize, warnThreshold }, got ${JSON.stringify(value)}`)
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    throw new errors.FST_WSM_OPTION_INVALID(name, `expected 'default', 'strict', 'lenient' or { maxFrameSize, warnThreshold }, got ${JSON.stringify(value)}`)
+    throw new errors.FST_WSM_OPTION_INVALID(name, `expected 'default', 'strict', 'lenient' or { maxMessageSize, warnThreshold }, got ${JSON.stringify(value)}`)
   }
   const input = value as Record<string, unknown>
   for (const key of Object.keys(input)) {
@@ -161,7 +156,7 @@ export function resolveFrameSizeProfile (value: unknown, name = 'frameSize'): Fr
       throw new errors.FST_WSM_OPTION_INVALID(`${name}.${key}`, `unknown option; known: ${OBJECT_KEYS.join(', ')}`)
     }
   }
-  return checkLimits(input.maxFrameSize, input.warnThreshold, `${name}.`)
+  return checkLimits(input.maxMessageSize, input.warnThreshold, `${name}.`)
 }
 
 /**
@@ -181,19 +176,12 @@ export function resolveFrameSizeProfile (value: unknown, name = 'frameSize'): Fr
  *   while an honest peer, whose reads carry at least a TCP segment (536 bytes or more), stays
  *   four times under it; never fewer than 1024, never more than ws's own 262144.
  */
-export function frameSizeServerOptions (maxFrameSize: number): FrameSizeServerOptions {
+export function frameSizeServerOptions (maxMessageSize: number): FrameSizeServerOptions {
   return {
-    maxPayload: maxFrameSize,
-    maxFragments: Math.min(16_384, Math.max(16, Math.ceil(maxFrameSize / 1024))),
-    maxBufferedChunks: Math.min(262_144, Math.max(1024, Math.ceil(maxFrameSize / 128)))
+    maxPayload: maxMessageSize,
+    maxFragments: Math.min(16_384, Math.max(16, Math.ceil(maxMessageSize / 1024))),
+    maxBufferedChunks: Math.min(262_144, Math.max(1024, Math.ceil(maxMessageSize / 128)))
   }
-}
-
-function bump (map: Map<string, number>, key: string): void {
-  const n = map.get(key)
-  if (n !== undefined) map.set(key, n + 1)
-  else if (map.size < MAX_KEYS) map.set(key, 1)
-  else map.set(OTHER_KEY, (map.get(OTHER_KEY) ?? 0) + 1)
 }
 
 /**
@@ -209,18 +197,19 @@ export class FrameSizeValidator {
   #warnings = 0
   #violations = 0
   #largest = 0
-  readonly #byUser = new Map<string, number>()
-  readonly #byConnection = new Map<string, number>()
+  #byUser = new BoundedCounts<Count>(zeroCount)
+  #anonymous = 0
+  #byConnection = new BoundedCounts<Count>(zeroCount)
 
   /**
    * @throws FST_WSM_OPTION_INVALID when a limit is not an integer in range or `warnThreshold`
-   * exceeds `maxFrameSize`.
+   * exceeds `maxMessageSize`.
    */
   constructor (options: FrameSizeValidatorOptions = {}) {
-    const limits = checkLimits(options.maxFrameSize ?? FRAME_SIZE_PROFILES.default.maxFrameSize,
-      options.warnThreshold ?? (options.maxFrameSize === undefined ? FRAME_SIZE_PROFILES.default.warnThreshold : undefined),
+    const limits = checkLimits(options.maxMessageSize ?? FRAME_SIZE_PROFILES.default.maxMessageSize,
+      options.warnThreshold ?? (options.maxMessageSize === undefined ? FRAME_SIZE_PROFILES.default.warnThreshold : undefined),
       'frameSize.')
-    this.#max = limits.maxFrameSize
+    this.#max = limits.maxMessageSize
     this.#warn = limits.warnThreshold
     this.#log = options.log ?? null
   }
@@ -241,7 +230,7 @@ export class FrameSizeValidator {
   }
 
   /** The limit in bytes. */
-  get maxFrameSize (): number {
+  get maxMessageSize (): number {
     return this.#max
   }
 
@@ -270,7 +259,7 @@ export class FrameSizeValidator {
     if (size >= this.#warn) {
       this.#warnings++
       if (this.#log !== null) {
-        this.#log.warn({ userId, connectionId, size, warnThreshold: this.#warn, maxFrameSize: this.#max }, 'large message')
+        this.#log.warn({ userId, connectionId, size, warnThreshold: this.#warn, maxMessageSize: this.#max }, 'large message')
       }
       return 1
     }
@@ -306,24 +295,27 @@ export class FrameSizeValidator {
 
   #violation (userId: string | null, connectionId: string, size: number | null): void {
     this.#violations++
-    bump(this.#byUser, userId ?? ANONYMOUS_USER)
-    bump(this.#byConnection, connectionId)
+    if (userId === null) this.#anonymous++
+    else this.#byUser.entry(userId).n++
+    this.#byConnection.entry(connectionId).n++
     if (this.#log !== null) {
-      this.#log.warn({ userId, connectionId, size, maxFrameSize: this.#max }, 'message over size limit')
+      this.#log.warn({ userId, connectionId, size, maxMessageSize: this.#max }, 'message over size limit')
     }
   }
 
   /** A snapshot of the counters. */
   getStats (): FrameSizeStats {
     return {
-      maxFrameSize: this.#max,
+      maxMessageSize: this.#max,
       warnThreshold: this.#warn,
-      framesValidated: this.#frames,
+      messagesValidated: this.#frames,
       warnings: this.#warnings,
       violations: this.#violations,
-      largestFrame: this.#largest,
-      violationsByUser: Object.fromEntries(this.#byUser),
-      violationsByConnection: Object.fromEntries(this.#byConnection)
+      largestMessage: this.#largest,
+      violationsByUser: countsOf(this.#byUser),
+      violationsAnonymous: this.#anonymous,
+      violationsUntrackedUsers: this.#byUser.untracked.n,
+      violationsByConnection: countsOf(this.#byConnection)
     }
   }
 
@@ -340,8 +332,9 @@ export class FrameSizeValidator {
     this.#warnings = 0
     this.#violations = 0
     this.#largest = 0
-    this.#byUser.clear()
-    this.#byConnection.clear()
+    this.#byUser = new BoundedCounts<Count>(zeroCount)
+    this.#anonymous = 0
+    this.#byConnection = new BoundedCounts<Count>(zeroCount)
   }
 }
 

@@ -1,20 +1,22 @@
 import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
+import type { AuthResult } from './auth'
 import type WebSocket from 'ws'
-import { authOf } from './admission'
-import { ipKey } from './auth'
-import { GracefulCloseManager, type CloseRequest, type CloseResult, type CloseStats } from './close'
+import { checkCloseRequest, GracefulCloseManager, type CloseRequest, type CloseResult, type CloseStats } from './close'
 import { CompressionManager, type CompressionStats } from './compression'
-import { Connection, type ConnectionHost, type MessageHook, type RouteSettings } from './connection'
-import { DeliveryCounters, prepare, type DeliveryStats, type Sendable, type SendResult } from './delivery'
+import { Connection, type ConnectionHost, type RouteSettings } from './connection'
+import { DeliveryCounters, prepare, type DeliveryStats, type Sendable } from './delivery'
 import { CloseCode } from './errors'
 import { FrameSizeValidator, type FrameSizeStats } from './frame-size'
 import { HeartbeatManager, type HeartbeatManagerStats, type HeartbeatStats } from './heartbeat'
-import { MessageRateLimiter, type Bucket, type MessageLimitStats } from './limits'
+import { ipKey } from './ip'
+import { MessageRateLimiter, type MessageLimitStats } from './message-limits'
 import type { ResolvedOptions, ResolvedRouteConfig } from './options'
+import { InboundPipeline } from './pipeline'
 import { LocalConnectionRegistry, type ConnectionRegistry } from './registry'
 import type { MessageRouter } from './router'
-import { kAttach, type ManagedWebSocket } from './socket'
+import type { ManagedWebSocket } from './socket'
+import { kAttach, kAuth } from './symbols'
 
 /** What `checkConnectionHealth()` resolves with. */
 export interface HealthReport {
@@ -30,15 +32,17 @@ export interface HealthReport {
 
 /** Connection counters in {@link WsManagerStats}. */
 export interface ConnectionStats {
-  /** Open now. */
+  /** Open now (the same count as the health check's activeConnections). */
   active: number
+  /** Closing now: a close began and the socket has not closed yet. */
+  closing: number
   /** Accepted since the plugin started. */
   opened: number
   /** Closed since the plugin started. */
   closed: number
   /** Closed by the idle timeout. */
   idleClosed: number
-  /** Closed because the heartbeat found them dead. */
+  /** Terminated because the heartbeat found them dead. */
   heartbeatClosed: number
   /** Closed because their token expired. */
   expiredClosed: number
@@ -69,7 +73,7 @@ export interface WsManagerStats {
 export interface BroadcastOptions {
   /** Only connections of this route (its URL pattern). */
   route?: string
-  /** Only connections for which this returns true. */
+  /** Only connections for which this returns true. A throw counts as false (and is logged once per call). */
   filter?: (connection: Connection) => boolean
 }
 
@@ -81,47 +85,6 @@ export interface DisconnectOptions {
   reason?: string
   /** @default the close timeout */
   timeout?: number
-}
-
-// Per received message: frame-size warning threshold, compression statistics, the user's
-// rate limit, then the route's router. One object per route, built at route registration.
-class RouteHook implements MessageHook {
-  readonly #frames: FrameSizeValidator
-  readonly #compression: CompressionManager | null
-  readonly #limiter: MessageRateLimiter | null
-  readonly #router: MessageRouter | null
-
-  constructor (frames: FrameSizeValidator, compression: CompressionManager | null, limiter: MessageRateLimiter | null, router: MessageRouter | null) {
-    this.#frames = frames
-    this.#compression = compression
-    this.#limiter = limiter
-    this.#router = router
-  }
-
-  onMessage (connection: Connection, data: WebSocket.RawData, isBinary: boolean, size: number): boolean {
-    this.#frames.observe(size, connection.userId, connection.id)
-    if (this.#compression !== null && connection.compressing) this.#compression.recordReceived(connection.socket, size)
-    const bucket = connection.rateBucket
-    if (this.#limiter !== null && bucket !== null && !this.#limiter.take(bucket, connection.lastActivityAt)) {
-      return this.#overLimit(connection, bucket)
-    }
-    return this.#router === null || this.#router.onMessage(connection, data, isBinary)
-  }
-
-  #overLimit (connection: Connection, bucket: Bucket): boolean {
-    const limiter = this.#limiter as MessageRateLimiter
-    const first = !bucket.limited
-    bucket.limited = true
-    if (limiter.options.policy === 'drop') {
-      if (first) connection.log.warn({ policy: 'drop' }, 'message rate limit exceeded')
-      return false
-    }
-    if (connection.state === 'open') {
-      connection.log.warn({ policy: 'close' }, 'message rate limit exceeded')
-      connection.close(CloseCode.POLICY_VIOLATION, 'Rate limit exceeded').catch(noop)
-    }
-    return false
-  }
 }
 
 /**
@@ -147,7 +110,9 @@ export class WsManager implements ConnectionHost {
   /** The validated options in force. */
   readonly options: ResolvedOptions
   readonly #registry: LocalConnectionRegistry
+  readonly #log: FastifyBaseLogger
   #shuttingDown = false
+  #open = 0
   #opened = 0
   #closed = 0
   #idleClosed = 0
@@ -164,6 +129,7 @@ export class WsManager implements ConnectionHost {
 
   constructor (options: ResolvedOptions, log: FastifyBaseLogger) {
     this.options = options
+    this.#log = log
     this.#registry = new LocalConnectionRegistry()
     this.connections = this.#registry
     this.closer = new GracefulCloseManager({ timeout: options.close.timeout })
@@ -204,8 +170,9 @@ export class WsManager implements ConnectionHost {
   }
 
   /**
-   * Sends to every open connection of one user on this server.
-   * Resolves with how many connections got it (dropped or closed by backpressure do not count).
+   * Sends to every open connection of one user on this server. Never waits on a slow
+   * reader: under the 'wait' policy a message for a full buffer is queued.
+   * Resolves with how many connections took it (sent or queued).
    */
   async sendToUser (userId: string, data: Sendable): Promise<number> {
     return this.#fanOut(this.#registry.byUser(userId), data, undefined)
@@ -214,46 +181,58 @@ export class WsManager implements ConnectionHost {
   /**
    * Sends to every open connection, or those of a route, or those passing a filter.
    * The value is serialized once and the same buffer goes to every socket; the backpressure
-   * policy applies per connection. Resolves with how many got it.
+   * policy applies per connection, and a slow reader never holds up the others.
+   * Resolves with how many connections took it (sent or queued).
    */
   async broadcast (data: Sendable, options: BroadcastOptions = {}): Promise<number> {
     const targets = options.route === undefined ? this.#registry : this.#registry.byRoute(options.route)
     return this.#fanOut(targets, data, options.filter)
   }
 
-  /** Closes every connection of a user gracefully; resolves when all are closed. */
-  disconnectUser (userId: string, options: DisconnectOptions = {}): Promise<CloseResult[]> {
-    const code = options.code ?? CloseCode.NORMAL
-    const reason = options.reason ?? 'Disconnected'
-    return Promise.all(this.#registry.byUser(userId).map((c) => c.close(code, reason, options.timeout)))
+  /**
+   * Closes every connection of a user gracefully; resolves when all are closed. Rejects,
+   * closing none, on a bad code, reason or timeout.
+   */
+  async disconnectUser (userId: string, options: DisconnectOptions = {}): Promise<CloseResult[]> {
+    const checked = checkCloseRequest(options.code ?? CloseCode.NORMAL, options.reason ?? 'Disconnected', options.timeout, this.closer.timeout)
+    if (checked instanceof Error) throw checked
+    return Promise.all(this.#registry.byUser(userId).map((c) => c.close(checked.code, checked.reason, checked.timeout)))
   }
 
-  async #fanOut (targets: Iterable<Connection>, data: Sendable, filter: ((c: Connection) => boolean) | undefined): Promise<number> {
+  #fanOut (targets: Iterable<Connection>, data: Sendable, filter: ((c: Connection) => boolean) | undefined): number {
     const prepared = prepare(data)
     let count = 0
-    let waiting: Array<Promise<SendResult>> | null = null
+    let filterFailed = false
     for (const connection of targets) {
       if (connection.state !== 'open') continue
-      if (filter !== undefined && !filter(connection)) continue
-      const result = connection.deliver(prepared.data as WebSocket.Data, prepared.options)
-      if (result === 'sent') count++
-      else if (typeof result === 'object') (waiting ??= []).push(result)
-    }
-    if (waiting !== null) {
-      for (const result of await Promise.all(waiting)) if (result === 'sent') count++
+      if (filter !== undefined) {
+        let pass: boolean
+        try {
+          pass = filter(connection)
+        } catch (err) {
+          if (!filterFailed) this.#log.error({ err }, 'broadcast filter failed')
+          filterFailed = true
+          continue
+        }
+        if (!pass) continue
+      }
+      const result = connection.deliver(prepared.data as WebSocket.Data, prepared.options, false)
+      if (result === 'sent' || result === 'queued') count++
     }
     return count
   }
 
   /**
    * Closes every open connection in parallel; peers silent past the timeout are terminated.
+   * Rejects, closing none, on a bad code, reason or timeout.
    * @default code and reason: the `close.shutdownCode` and `close.shutdownReason` options
    */
-  closeAll (request: CloseRequest = {}): Promise<CloseResult[]> {
-    const code = request.code ?? this.options.close.shutdownCode
-    const reason = request.reason ?? this.options.close.shutdownReason
+  async closeAll (request: CloseRequest = {}): Promise<CloseResult[]> {
+    const checked = checkCloseRequest(request.code ?? this.options.close.shutdownCode,
+      request.reason ?? this.options.close.shutdownReason, request.timeout, this.closer.timeout)
+    if (checked instanceof Error) throw checked
     const all: Promise<CloseResult>[] = []
-    for (const connection of this.#registry) all.push(connection.close(code, reason, request.timeout))
+    for (const connection of this.#registry) all.push(connection.close(checked.code, checked.reason, checked.timeout))
     return Promise.all(all)
   }
 
@@ -261,7 +240,8 @@ export class WsManager implements ConnectionHost {
   stats (): WsManagerStats {
     return {
       connections: {
-        active: this.#registry.size,
+        active: this.#open,
+        closing: this.#registry.size - this.#open,
         opened: this.#opened,
         closed: this.#closed,
         idleClosed: this.#idleClosed,
@@ -308,31 +288,34 @@ export class WsManager implements ConnectionHost {
       compressThreshold: compression === null ? -1 : compression.settings.threshold,
       heartbeat,
       idleTimeout: config.idleTimeout,
-      messageHook: new RouteHook(this.frames, compression, this.messageLimiter, router)
+      messageHook: new InboundPipeline(this.frames, compression, this.messageLimiter, router)
     }
   }
 
   /** @internal Turns an upgraded socket into a managed connection, registered and logged. */
   accept (socket: ManagedWebSocket, request: FastifyRequest, route: string, settings: RouteSettings): Connection {
     const id = randomUUID()
-    const auth = authOf(request)
+    const auth = (request as FastifyRequest & { [kAuth]?: AuthResult })[kAuth]
     const userId = auth === undefined ? null : auth.userId
     const limiter = this.messageLimiter
+    const ip = ipKey(request.ip)
     const connection = new Connection(this, {
       id,
       socket,
       route,
       remoteAddress: request.ip ?? '',
+      ipKey: ip,
       userId,
       user: auth === undefined ? null : auth.user,
       log: request.log.child({ connectionId: id, userId, route }),
       settings,
       closeAt: auth === undefined ? Infinity : auth.closeAt,
       // Without auth the bucket is the IP's: one client cannot dodge it by opening more sockets.
-      rateBucket: limiter === null ? null : limiter.acquire(userId ?? `ip:${ipKey(request.ip)}`, Date.now())
+      rateBucket: limiter === null ? null : limiter.acquire(userId, ip, Date.now())
     })
     socket[kAttach](connection)
     this.#registry.add(connection)
+    this.#open++
     this.#opened++
     request.wsConnection = connection
     if (connection.compressing) this.compression.track(socket)
@@ -353,7 +336,8 @@ export class WsManager implements ConnectionHost {
     if (connection === null || connection.state !== 'open') return
     this.#heartbeatClosed++
     connection.log.warn({ missedPongs: stats.missedPongs, latency: stats.latency }, 'heartbeat timeout')
-    connection.close(CloseCode.GOING_AWAY, 'Connection timeout').catch(noop)
+    // The peer is known dead: a close frame would only wait out the close timeout.
+    connection.terminate().catch(noop)
   }
 
   readonly #onExpired = (connection: Connection): void => {
@@ -379,9 +363,16 @@ export class WsManager implements ConnectionHost {
   /** @internal The application is closing: refuse upgrades, close everything, wait. */
   async shutdown (): Promise<void> {
     this.#shuttingDown = true
-    await this.closeAll()
+    await this.closeAll().catch((err: unknown) => this.#log.error({ err }, 'shutdown close failed'))
     this.heartbeat.stopAll()
     this.#stopSweep()
+  }
+
+  /** @internal */
+  connectionLeftOpen (connection: Connection): void {
+    this.#open--
+    // Nothing more to learn from a connection on its way out: no pings, no idle close.
+    this.heartbeat.stopHeartbeat(connection.socket)
   }
 
   /** @internal */
@@ -389,6 +380,7 @@ export class WsManager implements ConnectionHost {
     if (!this.#registry.delete(connection)) return
     this.#closed++
     this.heartbeat.stopHeartbeat(connection.socket)
+    this.compression.untrack(connection.socket)
     if (connection.rateBucket !== null) this.messageLimiter?.release(connection.rateBucket)
     if (this.#registry.size === 0) this.#stopSweep()
   }

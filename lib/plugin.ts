@@ -4,35 +4,28 @@ import type { FastifyInstance, FastifyRequest, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import websocket, { type WebsocketHandler } from '@fastify/websocket'
 import rateLimit from '@fastify/rate-limit'
+import FindMyWay from 'find-my-way'
 import type WebSocket from 'ws'
-import { createAdmissionHook, createCapsHook, upgradeRateKey, type AdmissionSettings, type CreateRateLimit } from './admission'
-import { Authenticator, createProtocolSelector, createUrlRedactor } from './auth'
-import { isCompressionError } from './compression'
+import { createAdmissionHook, createCapsHook, upgradeRateKey, type AdmissionSettings, type CreateRateLimit, type RateLimiter } from './admission'
+import { Authenticator } from './auth'
+import { isCompressionError, perMessageDeflateOptions } from './compression-profiles'
 import type { RouteSettings } from './connection'
 import { errors } from './errors'
 import { isFrameSizeError } from './frame-size'
-import { createOriginCheck } from './limits'
+import { createProtocolSelector, onClientError } from './handshake'
+import { detachHttpResponse } from './internals'
 import { WsManager } from './manager'
 import { normalizeOptions, resolveRouteConfig, type WsManagerOptions } from './options'
+import { createOriginCheck } from './origin'
+import { createUrlRedactor } from './redact'
+import { refuseRawSocket } from './refusal'
 import { createAjv, MessageRouter } from './router'
 import { ManagedWebSocket } from './socket'
-
-const SHUTDOWN_BODY = JSON.stringify({ statusCode: 503, error: 'Service Unavailable', message: 'Server is shutting down' })
-const SHUTDOWN_RESPONSE = 'HTTP/1.1 503 Service Unavailable\r\n' +
-  'Connection: close\r\n' +
-  'Content-Type: application/json; charset=utf-8\r\n' +
-  `Content-Length: ${Buffer.byteLength(SHUTDOWN_BODY)}\r\n` +
-  'Retry-After: 1\r\n\r\n' + SHUTDOWN_BODY
 
 // During shutdown the upgrade never reaches Fastify's router: its own 503 path writes to
 // the socket but leaves the detached upgrade socket open, one file descriptor per request.
 function refuseUpgrade (_request: IncomingMessage, socket: Duplex): void {
-  socket.on('error', destroySelf)
-  socket.end(SHUTDOWN_RESPONSE, () => socket.destroy())
-}
-
-function destroySelf (this: Duplex): void {
-  this.destroy()
+  refuseRawSocket(socket, 503, 'Server is shutting down', { 'Retry-After': '1' })
 }
 
 function isWebSocketRoute (routeOptions: RouteOptions): boolean {
@@ -47,6 +40,16 @@ function appendHook<T> (existing: T | T[] | undefined, hook: T): T[] {
 }
 
 function noop (): void {}
+
+// @fastify/websocket adds one 'error' listener to each socket right before it calls the route
+// handler; it closes over the request and reply, which would then live as long as the
+// connection. It is the last one added when the handler starts; listeners the application
+// added before (in a 'connection' listener of the WebSocketServer) stay.
+function dropFastifyWebsocketErrorListener (socket: WebSocket): void {
+  const listeners = socket.listeners('error')
+  const theirs = listeners[listeners.length - 1]
+  if (theirs !== undefined) socket.removeListener('error', theirs as (...args: unknown[]) => void)
+}
 
 async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOptions): Promise<void> {
   const options = normalizeOptions(input)
@@ -64,13 +67,17 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
   // plugin: it is looked up now if present, else when the app is ready (failing ready()).
   let authenticator: Authenticator | null = null
   const auth = options.auth
+  // The authenticated WebSocket routes, matched as Fastify's own router matches, so the
+  // query token is taken out of their URLs only.
+  const authRoutes = FindMyWay({ ignoreTrailingSlash: true, ignoreDuplicateSlashes: true, caseSensitive: false })
+  let redactor: ((request: IncomingMessage) => void) | null = null
   if (auth !== false) {
     if (fastify.hasDecorator('jwt')) authenticator = new Authenticator(fastify, auth)
     fastify.addHook('onReady', async () => {
       authenticator ??= new Authenticator(fastify, auth)
     })
-    if (auth.queryParam !== false) {
-      const redactor = createUrlRedactor(auth.queryParam)
+    if (auth.queryParam !== false && auth.sources.includes('query')) {
+      redactor = createUrlRedactor(auth.queryParam, (path) => authRoutes.find('GET', path) !== null)
       listenServer.prependListener('upgrade', redactor)
       listenServer.prependListener('request', redactor)
     }
@@ -81,6 +88,16 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
   // the plugin-wide limit is off, since a route may still set one.
   if (!fastify.hasDecorator('createRateLimit')) {
     await fastify.register(rateLimit, { global: false })
+  }
+  const createRateLimit = (): CreateRateLimit => (fastify as unknown as { createRateLimit: CreateRateLimit }).createRateLimit
+  // Built on first use: @fastify/rate-limit may be registered after the routes. The
+  // plugin-wide limiter is one for every route, so its budget does not grow with their number.
+  let sharedLimiter: RateLimiter | null = null
+  const pluginLimit = options.upgradeRateLimit
+  function sharedUpgradeLimiter (): RateLimiter | null {
+    if (pluginLimit === false) return null
+    sharedLimiter ??= createRateLimit()({ max: pluginLimit.max, timeWindow: pluginLimit.timeWindow, keyGenerator: upgradeRateKey('*') })
+    return sharedLimiter
   }
   const originAllowed = createOriginCheck(options.allowedOrigins, options.requireOrigin)
 
@@ -102,12 +119,9 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
 
   function wrap (handler: WebsocketHandler, route: string, settings: RouteSettings): WebsocketHandler {
     return function managedHandler (this: FastifyInstance, socket: WebSocket, request: FastifyRequest) {
-      // @fastify/websocket's 'error' listener closes over the request and reply, and the HTTP
-      // response stays attached to the TCP socket: both would live as long as the connection.
-      socket.removeAllListeners('error')
+      dropFastifyWebsocketErrorListener(socket)
       socket.on('error', onSocketError as (this: WebSocket, error: Error) => void)
-      const tcp = (socket as unknown as { _socket?: { _httpMessage?: { detachSocket?: (s: unknown) => void } | null } })._socket
-      tcp?._httpMessage?.detachSocket?.(tcp)
+      detachHttpResponse(socket)
       let connection
       try {
         connection = manager.accept(socket as ManagedWebSocket, request, route, settings)
@@ -153,37 +167,43 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
     } else {
       routeOptions.wsHandler = wrap(routeOptions.wsHandler as WebsocketHandler, route, settings) as typeof routeOptions.wsHandler
     }
+    if (config.auth && redactor !== null && authRoutes.find('GET', route) === null) {
+      authRoutes.on('GET', route, noop)
+    }
 
     const admission: AdmissionSettings = {
       get authenticator () { return config.auth ? authenticator : null },
       originAllowed,
-      upgradeRateLimit: config.upgradeRateLimit,
       maxConnections: options.maxConnections,
+      maxConnectionsPerIp: options.maxConnectionsPerIp,
       maxConnectionsPerUser: options.maxConnectionsPerUser,
-      onUserLimit: options.onUserLimit
+      onUserLimit: options.onUserLimit,
+      deflateWindowBits: options.compression.enabled ? options.compression.serverMaxWindowBits : null
     }
-    let limiter: ReturnType<CreateRateLimit> | null = null
-    const upgradeLimit = config.upgradeRateLimit
-    const getLimiter = upgradeLimit === false
-      ? () => null
-      : () => {
-          // Built on first use: @fastify/rate-limit may be registered after the route.
-          limiter ??= (fastify as unknown as { createRateLimit: CreateRateLimit }).createRateLimit({
-            max: upgradeLimit.max, timeWindow: upgradeLimit.timeWindow, keyGenerator: upgradeRateKey(route)
-          })
-          return limiter
-        }
-    routeOptions.onRequest = appendHook(routeOptions.onRequest, createAdmissionHook(manager, admission, route, getLimiter))
+    const own = config.upgradeRateLimit
+    let routeLimiter: RateLimiter | null = null
+    const getLimiter = own === undefined
+      ? sharedUpgradeLimiter
+      : own === false
+        ? () => null
+        : () => {
+            routeLimiter ??= createRateLimit()({ max: own.max, timeWindow: own.timeWindow, keyGenerator: upgradeRateKey(route) })
+            return routeLimiter
+          }
+    routeOptions.onRequest = appendHook(routeOptions.onRequest, createAdmissionHook(manager, admission, getLimiter))
     routeOptions.preHandler = appendHook(routeOptions.preHandler, createCapsHook(manager, admission))
   })
 
   const upgradeListenersBefore = new Set(listenServer.listeners('upgrade'))
   await fastify.register(websocket, {
     options: {
+      ...options.ws,
       WebSocket: ManagedWebSocket as unknown as typeof WebSocket.WebSocket,
       ...manager.frames.getServerOptions(),
-      perMessageDeflate: manager.compression.getCompressionOptions(),
+      perMessageDeflate: perMessageDeflateOptions(options.compression, true),
       handleProtocols: createProtocolSelector(auth === false ? 'bearer.' : auth.subprotocolPrefix),
+      // Pings are answered by the connection, within the sender's message budget.
+      autoPong: false,
       // ws 8.18+ bounds its own close handshakes (protocol errors, 1009) with this.
       ...({ closeTimeout: options.close.timeout })
     },
@@ -193,19 +213,22 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
       request.log.warn({ err: error }, 'connection error')
     },
     async preClose () {
-      for (const listener of listenServer.listeners('upgrade')) {
-        if (!upgradeListenersBefore.has(listener)) {
-          listenServer.removeListener('upgrade', listener as (...args: unknown[]) => void)
-        }
-      }
+      for (const listener of ownUpgradeListeners) listenServer.removeListener('upgrade', listener as (...args: unknown[]) => void)
       listenServer.on('upgrade', refuseUpgrade)
       await manager.shutdown()
       await new Promise<void>((resolve) => fastify.websocketServer.close(() => resolve()))
     }
   })
+  // Exactly what registering @fastify/websocket added: removed at shutdown, and nothing else.
+  const ownUpgradeListeners = listenServer.listeners('upgrade').filter((l) => !upgradeListenersBefore.has(l))
+  fastify.websocketServer.on('wsClientError', onClientError)
 
   fastify.addHook('onClose', (_instance, done) => {
     listenServer.removeListener('upgrade', refuseUpgrade)
+    if (redactor !== null) {
+      listenServer.removeListener('upgrade', redactor)
+      listenServer.removeListener('request', redactor)
+    }
     done()
   })
 }

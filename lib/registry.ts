@@ -14,8 +14,10 @@ export interface ConnectionRegistry extends Iterable<Connection> {
   byUser (userId: string): Connection[]
   /** Open connections of one route, by its URL pattern (a fresh array). */
   byRoute (route: string): Connection[]
-  /** How many connections a user has open; O(1), for limits. */
+  /** How many connections a user has registered (open or closing); O(1), for limits. */
   countByUser (userId: string): number
+  /** How many connections come from an IP key (IPv6 by /64), open or closing; O(1), for limits. */
+  countByIp (ipKey: string): number
 }
 
 /** Write side of the registry; only the plugin adds and removes. */
@@ -44,6 +46,7 @@ export class LocalConnectionRegistry implements MutableConnectionRegistry {
   readonly #byId = new Map<string, Connection>()
   readonly #byUser = new Map<string, Set<Connection>>()
   readonly #byRoute = new Map<string, Set<Connection>>()
+  readonly #byIp = new Map<string, number>()
 
   get size (): number {
     return this.#byId.size
@@ -53,6 +56,7 @@ export class LocalConnectionRegistry implements MutableConnectionRegistry {
     this.#byId.set(connection.id, connection)
     if (connection.userId !== null) addTo(this.#byUser, connection.userId, connection)
     addTo(this.#byRoute, connection.route, connection)
+    this.#byIp.set(connection.ipKey, (this.#byIp.get(connection.ipKey) ?? 0) + 1)
   }
 
   delete (connection: Connection): boolean {
@@ -60,6 +64,9 @@ export class LocalConnectionRegistry implements MutableConnectionRegistry {
     this.#byId.delete(connection.id)
     if (connection.userId !== null) deleteFrom(this.#byUser, connection.userId, connection)
     deleteFrom(this.#byRoute, connection.route, connection)
+    const n = (this.#byIp.get(connection.ipKey) ?? 1) - 1
+    if (n === 0) this.#byIp.delete(connection.ipKey)
+    else this.#byIp.set(connection.ipKey, n)
     return true
   }
 
@@ -76,14 +83,18 @@ export class LocalConnectionRegistry implements MutableConnectionRegistry {
     return this.#byUser.get(userId)?.size ?? 0
   }
 
+  countByIp (ipKey: string): number {
+    return this.#byIp.get(ipKey) ?? 0
+  }
+
   byRoute (route: string): Connection[] {
     const set = this.#byRoute.get(route)
     return set === undefined ? [] : [...set]
   }
 
-  /** How many users and routes are indexed; for the leak tests. */
-  indexSizes (): { users: number, routes: number } {
-    return { users: this.#byUser.size, routes: this.#byRoute.size }
+  /** How many users, routes and IPs are indexed; for the leak tests. */
+  indexSizes (): { users: number, routes: number, ips: number } {
+    return { users: this.#byUser.size, routes: this.#byRoute.size, ips: this.#byIp.size }
   }
 
   [Symbol.iterator] (): Iterator<Connection> {

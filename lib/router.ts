@@ -1,6 +1,6 @@
 import Ajv, { type ValidateFunction } from 'ajv'
 import type WebSocket from 'ws'
-import type { Connection, MessageHook } from './connection'
+import type { Connection } from './connection'
 import { TEXT } from './delivery'
 import { CloseCode } from './errors'
 import { fail } from './validate'
@@ -38,7 +38,7 @@ function noop (): void {}
  * until `errorLimit` of them come in a row. Binary messages pass through to the socket's
  * listeners; text messages are consumed here.
  */
-export class MessageRouter implements MessageHook {
+export class MessageRouter {
   readonly #routes = new Map<string, CompiledRoute>()
   readonly #errorLimit: number
 
@@ -96,11 +96,11 @@ export class MessageRouter implements MessageHook {
     }
     if (result !== null && typeof result === 'object' && typeof (result as Promise<unknown>).then === 'function') {
       (result as Promise<unknown>).then(
-        (value) => reply(connection, value),
+        (value) => reply(connection, value, type),
         (err: unknown) => connection.fail(err, `router:${type}`)
       )
     } else {
-      reply(connection, result)
+      reply(connection, result, type)
     }
     return false
   }
@@ -108,7 +108,7 @@ export class MessageRouter implements MessageHook {
   #reject (connection: Connection, code: RouterErrorCode, message: string, closeCode: number): void {
     connection.routerErrors++
     connection.log.debug({ code }, 'message rejected')
-    const sent = connection.deliver(Buffer.from(JSON.stringify({ type: 'error', code, message })), TEXT)
+    const sent = connection.deliver(Buffer.from(JSON.stringify({ type: 'error', code, message })), TEXT, false)
     if (sent instanceof Promise) sent.catch(noop)
     if (connection.routerErrors >= this.#errorLimit && connection.state === 'open') {
       connection.log.warn({ code, errors: connection.routerErrors }, 'too many invalid messages')
@@ -117,8 +117,17 @@ export class MessageRouter implements MessageHook {
   }
 }
 
-function reply (connection: Connection, value: unknown): void {
+// A handler's value that JSON cannot hold (a cycle, a BigInt) is the handler's failure: 1011,
+// never an exception out of the receiver or an unhandled rejection.
+function reply (connection: Connection, value: unknown, type: string): void {
   if (value === undefined || connection.state !== 'open') return
-  const sent = connection.deliver(Buffer.from(JSON.stringify(value)), TEXT)
-  if (sent instanceof Promise) sent.catch(noop)
+  let text: string
+  try {
+    text = JSON.stringify(value)
+  } catch (err) {
+    connection.fail(err, `router:${type}`)
+    return
+  }
+  if (text === undefined) return
+  connection.deliver(Buffer.from(text), TEXT, false)
 }

@@ -1,8 +1,7 @@
 import WebSocket from 'ws'
-import type { Connection } from './connection'
-
-/** Who started a close: the server, the client, or neither (the TCP connection was lost). */
-export type CloseInitiator = 'server' | 'client' | 'network'
+import type { CloseInitiator, Connection, ManagedSocket } from './connection'
+import { closeFrameReceived } from './internals'
+import { kAttach, kCloseOwner, kSocketClose, kSocketSend, kSocketTerminate } from './symbols'
 
 type SendCallback = (err?: Error) => void
 interface SendOptions {
@@ -12,23 +11,15 @@ interface SendOptions {
   fin?: boolean
 }
 
-/** Attaches a socket to its connection; a Symbol so it stays off the socket's public surface. */
-export const kAttach = Symbol('fastify-ws-manager.attach')
-/** ws's own send, past the connection's accounting; for the connection only. */
-export const kRawSend = Symbol('fastify-ws-manager.rawSend')
-
-interface WsInternals {
-  // ws sets this when the peer's close frame arrives; it tells a client-initiated close
-  // from one we start. Stable across ws 8.x.
-  _closeFrameReceived: boolean
-}
+function noop (): void {}
 
 /**
  * The socket class the plugin's WebSocketServer builds (ws's `WebSocket` server option).
- * Subclassing rather than wrapping keeps the application's own `socket.send()` and
- * `socket.on('message')` counted, with no extra object or closure per message.
+ * Subclassing rather than wrapping keeps the application's own `socket.send()`,
+ * `socket.close()` and `socket.on('message')` under the connection's accounting, with no
+ * extra object or closure per message.
  */
-export class ManagedWebSocket extends WebSocket {
+export class ManagedWebSocket extends WebSocket implements ManagedSocket {
   #connection: Connection | null = null
   #initiator: CloseInitiator | null = null
 
@@ -46,26 +37,41 @@ export class ManagedWebSocket extends WebSocket {
     this.#connection = connection
   }
 
+  [kCloseOwner] (): Connection | null {
+    return this.#connection
+  }
+
   // The application's own socket.send() takes the connection's path too: counted, under
   // the backpressure policy and the compression threshold.
   override send (data: WebSocket.Data, options?: SendOptions | SendCallback, cb?: SendCallback): void {
     const conn = this.#connection
     if (conn === null) super.send(data, options as SendOptions, cb)
-    else conn.transmit(data, options, cb)
+    else conn.write(data, options, cb)
   }
 
-  [kRawSend] (data: WebSocket.Data, options: SendOptions | undefined, cb: SendCallback | undefined): void {
+  [kSocketSend] (data: WebSocket.Data, options: SendOptions | undefined, cb: SendCallback | undefined): void {
     super.send(data, options as SendOptions, cb)
   }
 
+  // The application's socket.close() and terminate() tell the connection, which owns the
+  // close state; ws validates the code first, and throws before anything changed.
   override close (code?: number, data?: string | Buffer): void {
-    if (this.#initiator === null && this.readyState < 2) {
-      this.#initiator = (this as unknown as WsInternals)._closeFrameReceived ? 'client' : 'server'
-    }
+    this[kSocketClose](code, data)
+    this.#connection?.closedBySocket()
+  }
+
+  [kSocketClose] (code?: number, data?: string | Buffer): void {
+    const open = this.readyState < 2
     super.close(code, data)
+    if (open && this.#initiator === null) this.#initiator = closeFrameReceived(this) ? 'client' : 'server'
   }
 
   override terminate (): void {
+    this[kSocketTerminate]()
+    this.#connection?.closedBySocket()
+  }
+
+  [kSocketTerminate] (): void {
     if (this.#initiator === null && this.readyState < 2) this.#initiator = 'server'
     super.terminate()
   }
@@ -74,17 +80,25 @@ export class ManagedWebSocket extends WebSocket {
   // callbacks and lets a listener's throw escape to the process, so one bad message would
   // crash the server. Catching here costs one try/catch per event and no closure, and it
   // covers listeners however they were added (on, once, addEventListener, onmessage).
+  // The connection hears of a message, a ping and the close before any listener, so no
+  // listener can keep it from counting, limiting or finishing the close.
   // Fixed arguments keep the hot path free of a rest array; ws never emits more than two.
   override emit (event: string | symbol, a?: unknown, b?: unknown): boolean {
     const conn = this.#connection
-    if (conn === null) return super.emit.apply(this, arguments as unknown as [string, ...unknown[]])
-    if (event === 'message') {
-      if (!conn.received(a as WebSocket.RawData, b as boolean)) return true
-    } else if (event === 'close') {
-      if (this.#initiator === null) this.#initiator = 'network'
-      conn.onSocketClose(a as number, b as Buffer, this.#initiator)
+    if (conn === null) {
+      // The server's autoPong is off, so pings before the handler runs are answered here.
+      if (event === 'ping') this.pong(a as Buffer, false, noop)
+      return super.emit.apply(this, arguments as unknown as [string, ...unknown[]])
     }
     try {
+      if (event === 'message') {
+        if (!conn.received(a as WebSocket.RawData, b as boolean)) return true
+      } else if (event === 'ping') {
+        if (conn.pinged()) this.pong(a as Buffer, false, noop)
+      } else if (event === 'close') {
+        if (this.#initiator === null) this.#initiator = 'network'
+        conn.onSocketClose(a as number, b as Buffer, this.#initiator)
+      }
       switch (arguments.length) {
         case 1: return super.emit(event)
         case 2: return super.emit(event, a)

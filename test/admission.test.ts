@@ -193,13 +193,15 @@ test('two app instances sharing a Redis store share the upgrade budget', async (
   await connect(t, two.url + '/ws', two.as('bob'))
 
   const keys = await clients[0].keys(`${nameSpace}*`)
-  assert.ok(keys.some((k) => k.endsWith('user:alice')), `alice's counter lives in Redis: ${keys.join(', ')}`)
-  assert.equal(Number(await clients[0].get(keys.find((k) => k.endsWith('user:alice')) as string)), 5)
+  // One key space for every route: ["ws","*","user",id].
+  const alice = keys.find((k) => k.endsWith('["ws","*","user","alice"]'))
+  assert.ok(alice !== undefined, `alice's counter lives in Redis: ${keys.join(', ')}`)
+  assert.equal(Number(await clients[0].get(alice)), 5)
 })
 
-test('failed authentications are limited per IP: over the budget, 429 before the signature is checked', async (t) => {
+test('failed authentications are limited per (IP, subject) and per IP: 429 before the signature is checked, NAT neighbours unaffected', async (t) => {
   let verified = 0
-  const { url, app, as } = await start(t, { auth: { failureLimit: { max: 3, timeWindow: 60_000 } }, upgradeRateLimit: false }, {
+  const { url, app, as } = await start(t, { auth: { failureLimit: { max: 3, ipMax: 5, timeWindow: 60_000 } }, upgradeRateLimit: false }, {
     fastify: { trustProxy: true },
     // Counts every verification the plugin asks @fastify/jwt for (request.jwtVerify()).
     before: async (app) => {
@@ -215,23 +217,30 @@ test('failed authentications are limited per IP: over the budget, 429 before the
     }
   })
   const from = (ip: string, options: ClientOptions = {}): ClientOptions => ({ ...options, headers: { ...options.headers, 'x-forwarded-for': ip } })
-  const badToken = `${app.jwt.sign({ sub: 'alice' }).slice(0, -4)}AAAA`
+  const forged = (sub: string): ClientOptions => ({ headers: { authorization: `Bearer ${app.jwt.sign({ sub }).slice(0, -4)}AAAA` } })
 
-  for (let i = 0; i < 3; i++) await refused(t, url + '/ws', 401, from('10.1.1.1', { headers: { authorization: `Bearer ${badToken}` } }))
+  for (let i = 0; i < 3; i++) await refused(t, url + '/ws', 401, from('10.1.1.1', forged('alice')))
   assert.equal(verified, 3)
-  const blocked = await refused(t, url + '/ws', 429, from('10.1.1.1', { headers: { authorization: `Bearer ${badToken}` } }))
+  const blocked = await refused(t, url + '/ws', 429, from('10.1.1.1', forged('alice')))
   assertRetryAfter(blocked)
-  // Over the budget even a good token waits: the IP is refused before any verification.
+  // Over the budget even alice's good token waits: refused before any verification.
   await refused(t, url + '/ws', 429, from('10.1.1.1', as('alice')))
-  await refused(t, url + '/ws', 429, from('10.1.1.1'))
-  assert.equal(verified, 3, 'no signature was checked for an IP over its budget')
+  assert.equal(verified, 3, 'no signature was checked for (IP, alice) over its budget')
+  // Another user behind the same address (a NAT) is not locked out by alice's failures.
+  await connect(t, url + '/ws', from('10.1.1.1', as('bob')))
+  await refused(t, url + '/ws', 401, from('10.1.1.1'))
+
+  // The IP-wide budget (ipMax 5) bounds a client that rotates subjects: 4 failures so far.
+  await refused(t, url + '/ws', 401, from('10.1.1.1', forged('carol')))
+  await refused(t, url + '/ws', 429, from('10.1.1.1', as('bob')))
+  await refused(t, url + '/ws', 429, from('10.1.1.1', forged('dave')))
 
   // Another IP is not affected.
-  await refused(t, url + '/ws', 401, from('10.1.1.2', { headers: { authorization: `Bearer ${badToken}` } }))
+  await refused(t, url + '/ws', 401, from('10.1.1.2', forged('alice')))
   await connect(t, url + '/ws', from('10.1.1.2', as('alice')))
   const stats = app.wsManager.stats().admission
-  assert.equal(stats.authFailures, 4)
-  assert.equal(stats.refused['429'], 3)
+  assert.equal(stats.authFailures, 6)
+  assert.equal(stats.refused['429'], 4)
 })
 
 test('message rate limit, policy close: one bucket per user across connections; the connection over it closes with 1008', async (t) => {

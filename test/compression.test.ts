@@ -4,10 +4,11 @@ import type { AddressInfo } from 'node:net'
 import { test, type TestContext } from 'node:test'
 import zlib from 'node:zlib'
 import WebSocket, { WebSocketServer, type ServerOptions } from 'ws'
+import { CompressionManager } from '../lib/compression'
 import {
-  COMPRESSED, COMPRESSION_PROFILES, CompressionManager, UNCOMPRESSED, isCompressionError, perMessageDeflateOptions,
+  COMPRESSED, COMPRESSION_PROFILES, UNCOMPRESSED, isCompressionError, perMessageDeflateOptions,
   resolveCompressionProfile, type CompressionProfileName
-} from '../lib/compression'
+} from '../lib/compression-profiles'
 import type { WarnLogger } from '../lib/frame-size'
 import { feedPage } from './fixtures/feed'
 import { RawWebSocket, closeCodeOf, type RawFrame } from './fixtures/raw-ws'

@@ -4,7 +4,7 @@ import jwt from '@fastify/jwt'
 import type { FastifyInstance } from 'fastify'
 import type WebSocket from 'ws'
 import { ManagedWebSocket, type Connection, type SendResult, type WsManagerOptions } from '../lib/index'
-import { kRawSend } from '../lib/socket'
+import { kSocketSend } from '../lib/symbols'
 import { build, closed, connect, listen, nextMessage, waitFor } from './helper'
 
 const SECRET = 'delivery-test-secret-that-is-long-enough'
@@ -59,7 +59,8 @@ test("policy 'close': a paused reader is closed with 1013 and the buffer stays b
   assert.deepEqual(await seen, { code: 1013, reason: 'Slow consumer' })
   const stats = app.wsManager.stats().delivery
   assert.equal(stats.slowConsumerCloses, 1)
-  assert.equal(stats.byUser['(anonymous)'].slowConsumerCloses, 1)
+  assert.equal(stats.anonymous.slowConsumerCloses, 1)
+  assert.deepEqual(stats.byUser, {}, 'anonymous connections are counted apart from every user id')
   await waitFor(() => app.wsManager.connections.size === 0)
 })
 
@@ -94,7 +95,7 @@ test("policy 'drop': over the mark new messages are dropped and counted, the con
 
 test("policy 'wait': send() returns a promise that resolves in order once the buffer drains", async (t) => {
   const highWaterMark = 256 * 1024
-  const { app, url, connection } = await streamingApp(t, { backpressure: { highWaterMark, policy: 'wait' } })
+  const { app, url, connection } = await streamingApp(t, { backpressure: { highWaterMark, policy: 'wait', maxQueued: 8 * 1024 * 1024 } })
   const client = await connect(t, url + '/stream')
   await waitFor(() => app.wsManager.connections.size === 1)
   pauseReader(client)
@@ -178,8 +179,8 @@ test('broadcast reaches a route or a filter, serialized once into one shared buf
 
   const seenBuffers = new Set<unknown>()
   const proto = ManagedWebSocket.prototype as unknown as Record<symbol, (...args: unknown[]) => void>
-  const original = proto[kRawSend]
-  proto[kRawSend] = function (this: unknown, data: unknown, ...rest: unknown[]) {
+  const original = proto[kSocketSend]
+  proto[kSocketSend] = function (this: unknown, data: unknown, ...rest: unknown[]) {
     seenBuffers.add(data)
     original.call(this, data, ...rest)
   }
@@ -191,7 +192,7 @@ test('broadcast reaches a route or a filter, serialized once into one shared buf
     all = await app.wsManager.broadcast({ type: 'tick', n: 1 })
   } finally {
     JSON.stringify = stringify
-    proto[kRawSend] = original
+    proto[kSocketSend] = original
   }
   assert.equal(all, 4)
   assert.equal(stringifyCalls, 1, 'one JSON.stringify for four sockets')

@@ -6,7 +6,7 @@ import zlib from 'node:zlib'
 import WebSocket, { WebSocketServer, type ServerOptions } from 'ws'
 import { CompressionManager } from '../lib/compression'
 import {
-  ANONYMOUS_USER, FRAME_SIZE_PROFILES, FrameSizeValidator, MAX_FRAME_SIZE, frameSizeServerOptions,
+  FRAME_SIZE_PROFILES, FrameSizeValidator, MAX_MESSAGE_SIZE, frameSizeServerOptions,
   isFrameSizeError, resolveFrameSizeProfile, type WarnLogger
 } from '../lib/frame-size'
 import { RawWebSocket, closeCodeOf } from './fixtures/raw-ws'
@@ -109,29 +109,29 @@ async function deflatedZeros (size: number): Promise<Buffer> {
 }
 
 test('profiles have the documented limits', () => {
-  assert.deepEqual(FrameSizeValidator.createDefault().getStats().maxFrameSize, MiB)
+  assert.deepEqual(FrameSizeValidator.createDefault().getStats().maxMessageSize, MiB)
   assert.equal(FrameSizeValidator.createDefault().warnThreshold, 512 * 1024)
-  assert.equal(FrameSizeValidator.createStrict().maxFrameSize, 256 * 1024)
+  assert.equal(FrameSizeValidator.createStrict().maxMessageSize, 256 * 1024)
   assert.equal(FrameSizeValidator.createStrict().warnThreshold, 128 * 1024)
-  assert.equal(FrameSizeValidator.createLenient().maxFrameSize, 10 * MiB)
+  assert.equal(FrameSizeValidator.createLenient().maxMessageSize, 10 * MiB)
   assert.equal(FrameSizeValidator.createLenient().warnThreshold, 5 * MiB)
   const v = new FrameSizeValidator()
-  assert.equal(v.maxFrameSize, MiB)
+  assert.equal(v.maxMessageSize, MiB)
   assert.equal(v.warnThreshold, 512 * 1024)
-  const half = new FrameSizeValidator({ maxFrameSize: 1001 })
+  const half = new FrameSizeValidator({ maxMessageSize: 1001 })
   assert.equal(half.warnThreshold, 500)
 })
 
 test('resolveFrameSizeProfile takes a name or limits', () => {
-  assert.deepEqual(resolveFrameSizeProfile('default'), { maxFrameSize: MiB, warnThreshold: 512 * 1024 })
+  assert.deepEqual(resolveFrameSizeProfile('default'), { maxMessageSize: MiB, warnThreshold: 512 * 1024 })
   assert.deepEqual(resolveFrameSizeProfile('strict'), FRAME_SIZE_PROFILES.strict)
   assert.deepEqual(resolveFrameSizeProfile('lenient'), FRAME_SIZE_PROFILES.lenient)
-  assert.deepEqual(resolveFrameSizeProfile({ maxFrameSize: 4096, warnThreshold: 1000 }), { maxFrameSize: 4096, warnThreshold: 1000 })
-  assert.deepEqual(resolveFrameSizeProfile({ maxFrameSize: 4096 }), { maxFrameSize: 4096, warnThreshold: 2048 })
-  assert.deepEqual(resolveFrameSizeProfile({ maxFrameSize: MAX_FRAME_SIZE }).maxFrameSize, 2 ** 30)
+  assert.deepEqual(resolveFrameSizeProfile({ maxMessageSize: 4096, warnThreshold: 1000 }), { maxMessageSize: 4096, warnThreshold: 1000 })
+  assert.deepEqual(resolveFrameSizeProfile({ maxMessageSize: 4096 }), { maxMessageSize: 4096, warnThreshold: 2048 })
+  assert.deepEqual(resolveFrameSizeProfile({ maxMessageSize: MAX_MESSAGE_SIZE }).maxMessageSize, 2 ** 30)
   // The result is a copy: changing it cannot change the built-in profile.
-  resolveFrameSizeProfile('default').maxFrameSize = 1
-  assert.equal(FRAME_SIZE_PROFILES.default.maxFrameSize, MiB)
+  resolveFrameSizeProfile('default').maxMessageSize = 1
+  assert.equal(FRAME_SIZE_PROFILES.default.maxMessageSize, MiB)
 })
 
 test('invalid frame size options are refused with the coded error', () => {
@@ -140,24 +140,24 @@ test('invalid frame size options are refused with the coded error', () => {
   assertInvalid(() => resolveFrameSizeProfile(null), 'frameSize')
   assertInvalid(() => resolveFrameSizeProfile([]), 'frameSize')
   assertInvalid(() => resolveFrameSizeProfile(1024), 'frameSize')
-  assertInvalid(() => resolveFrameSizeProfile({ maxFrameSize: 0 }), 'frameSize.maxFrameSize')
-  assertInvalid(() => resolveFrameSizeProfile({ maxFrameSize: 1.5 }), 'frameSize.maxFrameSize')
-  assertInvalid(() => resolveFrameSizeProfile({ maxFrameSize: '1024' }), 'frameSize.maxFrameSize')
-  assertInvalid(() => resolveFrameSizeProfile({}), 'frameSize.maxFrameSize')
+  assertInvalid(() => resolveFrameSizeProfile({ maxMessageSize: 0 }), 'frameSize.maxMessageSize')
+  assertInvalid(() => resolveFrameSizeProfile({ maxMessageSize: 1.5 }), 'frameSize.maxMessageSize')
+  assertInvalid(() => resolveFrameSizeProfile({ maxMessageSize: '1024' }), 'frameSize.maxMessageSize')
+  assertInvalid(() => resolveFrameSizeProfile({}), 'frameSize.maxMessageSize')
   // 2 GiB would wrap to a negative number in ws's `maxPayload | 0`, which means no limit at all.
-  assertInvalid(() => resolveFrameSizeProfile({ maxFrameSize: 2 * 1024 * MiB }), 'frameSize.maxFrameSize')
-  assertInvalid(() => resolveFrameSizeProfile({ maxFrameSize: 1000, warnThreshold: 2000 }), 'frameSize.warnThreshold')
-  assertInvalid(() => resolveFrameSizeProfile({ maxFrameSize: 1000, warnThreshold: 0 }), 'frameSize.warnThreshold')
-  assertInvalid(() => resolveFrameSizeProfile({ maxFrameSize: 1000, max: 1 }), 'frameSize.max')
+  assertInvalid(() => resolveFrameSizeProfile({ maxMessageSize: 2 * 1024 * MiB }), 'frameSize.maxMessageSize')
+  assertInvalid(() => resolveFrameSizeProfile({ maxMessageSize: 1000, warnThreshold: 2000 }), 'frameSize.warnThreshold')
+  assertInvalid(() => resolveFrameSizeProfile({ maxMessageSize: 1000, warnThreshold: 0 }), 'frameSize.warnThreshold')
+  assertInvalid(() => resolveFrameSizeProfile({ maxMessageSize: 1000, max: 1 }), 'frameSize.max')
   assertInvalid(() => resolveFrameSizeProfile('bogus', 'routes.chat.frameSize'), 'routes.chat.frameSize')
-  assertInvalid(() => new FrameSizeValidator({ maxFrameSize: 1000, warnThreshold: 2000 }), 'frameSize.warnThreshold')
-  assertInvalid(() => new FrameSizeValidator({ maxFrameSize: -1 }), 'frameSize.maxFrameSize')
+  assertInvalid(() => new FrameSizeValidator({ maxMessageSize: 1000, warnThreshold: 2000 }), 'frameSize.warnThreshold')
+  assertInvalid(() => new FrameSizeValidator({ maxMessageSize: -1 }), 'frameSize.maxMessageSize')
   assertInvalid(() => new FrameSizeValidator({ warnThreshold: 2 * MiB }), 'frameSize.warnThreshold')
 })
 
 test('observe classifies, counts and logs without building objects for ordinary messages', () => {
   const { log, lines } = capture()
-  const v = new FrameSizeValidator({ maxFrameSize: 1000, warnThreshold: 600, log })
+  const v = new FrameSizeValidator({ maxMessageSize: 1000, warnThreshold: 600, log })
   assert.equal(v.observe(0, 'u1', 'c1'), 0)
   assert.equal(v.observe(599, 'u1', 'c1'), 0)
   assert.equal(lines.length, 0, 'ordinary messages are not logged')
@@ -167,21 +167,22 @@ test('observe classifies, counts and logs without building objects for ordinary 
   assert.equal(v.observe(5000, null, 'c2'), 2)
 
   const s = v.getStats()
-  assert.equal(s.framesValidated, 6)
+  assert.equal(s.messagesValidated, 6)
   assert.equal(s.warnings, 2)
   assert.equal(s.violations, 2)
-  assert.equal(s.largestFrame, 5000)
-  assert.deepEqual(s.violationsByUser, { u1: 1, [ANONYMOUS_USER]: 1 })
+  assert.equal(s.largestMessage, 5000)
+  assert.deepEqual(s.violationsByUser, { u1: 1 })
+  assert.equal(s.violationsAnonymous, 1)
   assert.deepEqual(s.violationsByConnection, { c1: 1, c2: 1 })
 
   assert.equal(lines.length, 4)
   assert.deepEqual(lines.map((l) => l.msg), ['large message', 'large message', 'message over size limit', 'message over size limit'])
-  assert.deepEqual(lines[0].obj, { userId: 'u1', connectionId: 'c1', size: 600, warnThreshold: 600, maxFrameSize: 1000 })
+  assert.deepEqual(lines[0].obj, { userId: 'u1', connectionId: 'c1', size: 600, warnThreshold: 600, maxMessageSize: 1000 })
   assert.equal(lines[3].obj.userId, null)
 })
 
 test('validateFrameSize describes the verdict; validateAndHandle closes with 1009', () => {
-  const v = new FrameSizeValidator({ maxFrameSize: 100, warnThreshold: 50 })
+  const v = new FrameSizeValidator({ maxMessageSize: 100, warnThreshold: 50 })
   assert.deepEqual(v.validateFrameSize(10, 'u', 'c'), { valid: true, frameSize: 10, maxSize: 100, warning: false })
   assert.deepEqual(v.validateFrameSize(50, 'u', 'c'), { valid: true, frameSize: 50, maxSize: 100, warning: true })
   assert.deepEqual(v.validateFrameSize(101, 'u', 'c'), { valid: false, frameSize: 101, maxSize: 100, warning: false })
@@ -197,37 +198,43 @@ test('validateFrameSize describes the verdict; validateAndHandle closes with 100
 
 test('recordViolation counts per user and connection, bounded; reset and summary', () => {
   const { log, lines } = capture()
-  const v = new FrameSizeValidator({ maxFrameSize: 100, log })
+  const v = new FrameSizeValidator({ maxMessageSize: 100, log })
   v.recordViolation('bob', 'c1')
   v.recordViolation('bob', 'c2', 5000)
   v.recordViolation(null, 'c3')
   let s = v.getStats()
   assert.equal(s.violations, 3)
-  assert.equal(s.framesValidated, 0, 'refused messages were never delivered')
-  assert.equal(s.largestFrame, 0)
-  assert.deepEqual(s.violationsByUser, { bob: 2, [ANONYMOUS_USER]: 1 })
+  assert.equal(s.messagesValidated, 0, 'refused messages were never delivered')
+  assert.equal(s.largestMessage, 0)
+  assert.deepEqual(s.violationsByUser, { bob: 2 })
+  assert.equal(s.violationsAnonymous, 1, 'anonymous violations are apart from every user id')
   assert.deepEqual(s.violationsByConnection, { c1: 1, c2: 1, c3: 1 })
-  assert.deepEqual(lines[1], { msg: 'message over size limit', obj: { userId: 'bob', connectionId: 'c2', size: 5000, maxFrameSize: 100 } })
+  assert.deepEqual(lines[1], { msg: 'message over size limit', obj: { userId: 'bob', connectionId: 'c2', size: 5000, maxMessageSize: 100 } })
   assert.equal(lines[0].obj.size, null)
 
-  // Ids come from clients: past 10,000 keys, new ones share one bucket.
+  // Ids come from clients: past 10,000 keys, new ones are summed apart.
   for (let i = 0; i < 10_050; i++) v.recordViolation(`user-${i}`, 'c1')
+  v.recordViolation('(anonymous)', 'c1')
+  v.recordViolation('(other)', 'c1')
   s = v.getStats()
-  assert.equal(Object.keys(s.violationsByUser).length, 10_001)
-  assert.equal(s.violationsByUser['(other)'], 52)
+  assert.equal(Object.keys(s.violationsByUser).length, 10_000)
+  assert.equal(s.violationsUntrackedUsers, 53)
+  assert.equal(s.violationsAnonymous, 1, 'a user named (anonymous) is not counted as anonymous')
 
   v.observe(80, 'x', 'y')
-  assert.match(v.getSummary(), /^frame size: limit 100 B \(warn at 50 B\), 1 messages validated, largest 80 B, 1 warnings, 10053 violations by 10001 users$/)
+  assert.match(v.getSummary(), /^frame size: limit 100 B \(warn at 50 B\), 1 messages validated, largest 80 B, 1 warnings, 10055 violations by 10000 users$/)
   v.reset()
   s = v.getStats()
   assert.deepEqual(s, {
-    maxFrameSize: 100,
+    maxMessageSize: 100,
     warnThreshold: 50,
-    framesValidated: 0,
+    messagesValidated: 0,
     warnings: 0,
     violations: 0,
-    largestFrame: 0,
+    largestMessage: 0,
     violationsByUser: {},
+    violationsAnonymous: 0,
+    violationsUntrackedUsers: 0,
     violationsByConnection: {}
   })
 })
@@ -237,7 +244,7 @@ test('getServerOptions derives ws limits from the frame limit', () => {
   assert.deepEqual(FrameSizeValidator.createStrict().getServerOptions(), { maxPayload: 256 * 1024, maxFragments: 256, maxBufferedChunks: 2048 })
   assert.deepEqual(FrameSizeValidator.createLenient().getServerOptions(), { maxPayload: 10 * MiB, maxFragments: 10_240, maxBufferedChunks: 81_920 })
   assert.deepEqual(frameSizeServerOptions(100), { maxPayload: 100, maxFragments: 16, maxBufferedChunks: 1024 })
-  assert.deepEqual(frameSizeServerOptions(MAX_FRAME_SIZE), { maxPayload: MAX_FRAME_SIZE, maxFragments: 16_384, maxBufferedChunks: 262_144 })
+  assert.deepEqual(frameSizeServerOptions(MAX_MESSAGE_SIZE), { maxPayload: MAX_MESSAGE_SIZE, maxFragments: 16_384, maxBufferedChunks: 262_144 })
 })
 
 test('isFrameSizeError recognises ws size errors only', () => {
@@ -293,7 +300,7 @@ test('a frame header claiming 1 GiB is refused at once, without buffering', asyn
 })
 
 test('a message split into more fragments than maxFragments is refused with 1008', async (t) => {
-  const validator = new FrameSizeValidator({ maxFrameSize: 4096 })
+  const validator = new FrameSizeValidator({ maxMessageSize: 4096 })
   assert.equal(validator.getServerOptions().maxFragments, 16)
   const server = await serve(t, validator)
   const raw = await rawConnect(t, server.port)

@@ -147,7 +147,7 @@ test('a small compressed message that inflates past the limit gets 1009', async 
 })
 
 test('messages at or over the warn threshold are counted and logged', async (t) => {
-  const { app, url, logs } = await serve(t, { frameSize: { maxFrameSize: 64 * 1024, warnThreshold: 16 * 1024 } })
+  const { app, url, logs } = await serve(t, { frameSize: { maxMessageSize: 64 * 1024, warnThreshold: 16 * 1024 } })
   const client = await connect(t, url + '/')
   client.send(Buffer.alloc(16 * 1024 - 1))
   client.send(Buffer.alloc(16 * 1024))
@@ -156,7 +156,7 @@ test('messages at or over the warn threshold are counted and logged', async (t) 
   await new Promise((resolve) => client.once('message', resolve))
   const frames = app.wsManager.stats().frames
   assert.equal(frames.warnings, 2)
-  assert.equal(frames.largestFrame, 40 * 1024)
+  assert.equal(frames.largestMessage, 40 * 1024)
   assert.equal(frames.violations, 0)
   assert.equal(logs.lines.filter((l) => l.level === 40 && typeof l.connectionId === 'string').length, 2)
   const end = closed(client)
@@ -165,21 +165,21 @@ test('messages at or over the warn threshold are counted and logged', async (t) 
 })
 
 test('the environment maps to frame and compression options; bad values are refused', async (t) => {
-  const config = loadConfig({ COMPRESSION_ENABLED: 'true', COMPRESSION_LEVEL: '9', COMPRESSION_THRESHOLD: '512', MAX_FRAME_SIZE: '2048', FRAME_WARN_THRESHOLD: '1024' })
-  assert.deepEqual(config.options.frameSize, { maxFrameSize: 2048, warnThreshold: 1024 })
+  const config = loadConfig({ COMPRESSION_ENABLED: 'true', COMPRESSION_LEVEL: '9', COMPRESSION_THRESHOLD: '512', MAX_MESSAGE_SIZE: '2048', MESSAGE_WARN_THRESHOLD: '1024' })
+  assert.deepEqual(config.options.frameSize, { maxMessageSize: 2048, warnThreshold: 1024 })
   assert.deepEqual(config.options.compression, { level: 9, threshold: 512 })
   const resolved = normalizeOptions(config.options)
   assert.equal(resolved.compression.enabled, true)
   assert.equal(resolved.compression.level, 9)
   assert.equal(loadConfig({}).options.compression, 'disabled')
-  assert.equal(normalizeOptions(loadConfig({ MAX_FRAME_SIZE: '4096' }).options).frameSize.warnThreshold, 2048)
+  assert.equal(normalizeOptions(loadConfig({ MAX_MESSAGE_SIZE: '4096' }).options).frameSize.warnThreshold, 2048)
 
   for (const env of [{ COMPRESSION_LEVEL: '12', COMPRESSION_ENABLED: 'true' }, { COMPRESSION_ENABLED: 'sometimes' },
-    { COMPRESSION_THRESHOLD: '-1', COMPRESSION_ENABLED: 'true' }, { MAX_FRAME_SIZE: '0' },
-    { MAX_FRAME_SIZE: '1024', FRAME_WARN_THRESHOLD: '2048' }]) {
+    { COMPRESSION_THRESHOLD: '-1', COMPRESSION_ENABLED: 'true' }, { MAX_MESSAGE_SIZE: '0' },
+    { MAX_MESSAGE_SIZE: '1024', MESSAGE_WARN_THRESHOLD: '2048' }]) {
     assert.throws(() => loadConfig(env), { code: 'FST_WSM_ENV_INVALID' }, JSON.stringify(env))
   }
-  for (const options of [{ compression: { level: 12 } }, { compression: 'max' }, { frameSize: 'huge' }, { frameSize: { maxFrameSize: 10, warnThreshold: 20 } }]) {
+  for (const options of [{ compression: { level: 12 } }, { compression: 'max' }, { frameSize: 'huge' }, { frameSize: { maxMessageSize: 10, warnThreshold: 20 } }]) {
     assert.throws(() => normalizeOptions(options), { code: 'FST_WSM_OPTION_INVALID' }, JSON.stringify(options))
   }
 

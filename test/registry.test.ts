@@ -140,7 +140,7 @@ test('1,000 connect/disconnect cycles by every way out leave the registry empty 
   assert.equal(connections.closed, 1000)
   assert.equal(admission.messages?.buckets, 0, 'every rate bucket released')
   assert.equal(manager.heartbeat.getStats().tracked, 0, 'nothing left under heartbeat')
-  assert.deepEqual((manager.connections as unknown as { indexSizes: () => unknown }).indexSizes(), { users: 0, routes: 0 })
+  assert.deepEqual((manager.connections as unknown as { indexSizes: () => unknown }).indexSizes(), { users: 0, routes: 0, ips: 0 })
   assert.equal(manager.closer.getClosingCount(), 0)
   await waitFor(() => wss.clients.size === 0, 2000, 'ws client set to empty')
   assert.equal(app.server.listenerCount('upgrade'), upgradeListeners)

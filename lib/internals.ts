@@ -1,0 +1,41 @@
+// Private fields of ws and Node the plugin reads. Each access goes through one helper here,
+// and test/internals.test.ts fails loudly when a field changes shape in a new version.
+import type WebSocket from 'ws'
+
+/** The transport under a ws socket: a net.Socket (or tls.TLSSocket), a Duplex for injectWS(). */
+export interface Transport extends NodeJS.EventEmitter {
+  readonly bytesWritten?: number
+  readonly bytesRead?: number
+  _httpMessage?: { detachSocket?: (socket: unknown) => void } | null
+}
+
+interface WsPrivate {
+  // ws: the socket it reads and writes. Stable across ws 8.x.
+  _socket?: Transport | null
+  // ws: set when the peer's close frame arrives. Stable across ws 8.x.
+  _closeFrameReceived?: boolean
+}
+
+/** ws's `_socket`: the TCP socket of a WebSocket, or null once ws let go of it. */
+export function transportOf (ws: WebSocket): Transport | null {
+  return (ws as unknown as WsPrivate)._socket ?? null
+}
+
+/** ws's `_closeFrameReceived`: whether the peer's close frame arrived (the peer started the close). */
+export function closeFrameReceived (ws: WebSocket): boolean {
+  return (ws as unknown as WsPrivate)._closeFrameReceived === true
+}
+
+/**
+ * Node's `_httpMessage`: @fastify/websocket assigns a ServerResponse to the upgraded TCP
+ * socket, and the socket would keep that response (and its request) alive as long as the
+ * connection. Detaching it is what the response would do at its own end.
+ * @returns whether a response was attached and detached.
+ */
+export function detachHttpResponse (ws: WebSocket): boolean {
+  const transport = transportOf(ws)
+  const response = transport?._httpMessage
+  if (response === undefined || response === null || typeof response.detachSocket !== 'function') return false
+  response.detachSocket(transport)
+  return true
+}

@@ -1,0 +1,61 @@
+// The inbound pipeline: what runs for every data message and ping a connection receives,
+// in order: message-size accounting, compression statistics, the sender's rate limit, then
+// the route's JSON router. One object per route, built at route registration.
+import type WebSocket from 'ws'
+import type { CompressionManager } from './compression'
+import type { Connection, MessageHook } from './connection'
+import { CloseCode } from './errors'
+import type { FrameSizeValidator } from './frame-size'
+import type { Bucket, MessageRateLimiter } from './message-limits'
+import type { MessageRouter } from './router'
+
+function noop (): void {}
+
+/** The message hook of one route. */
+export class InboundPipeline implements MessageHook {
+  readonly #frames: FrameSizeValidator
+  readonly #compression: CompressionManager | null
+  readonly #limiter: MessageRateLimiter | null
+  readonly #router: MessageRouter | null
+
+  constructor (frames: FrameSizeValidator, compression: CompressionManager | null, limiter: MessageRateLimiter | null, router: MessageRouter | null) {
+    this.#frames = frames
+    this.#compression = compression
+    this.#limiter = limiter
+    this.#router = router
+  }
+
+  onMessage (connection: Connection, data: WebSocket.RawData, isBinary: boolean, size: number): boolean {
+    this.#frames.observe(size, connection.userId, connection.id)
+    if (this.#compression !== null && connection.compressing) this.#compression.recordReceived(connection.socket, size)
+    if (!this.#allowed(connection, connection.lastActivityAt)) return false
+    return this.#router === null || this.#router.onMessage(connection, data, isBinary)
+  }
+
+  // A ping costs the server a pong: it comes out of the same budget as a message, or a client
+  // could make the server answer thousands of pings a second.
+  onPing (connection: Connection): boolean {
+    return this.#allowed(connection, Date.now())
+  }
+
+  #allowed (connection: Connection, now: number): boolean {
+    const bucket = connection.rateBucket
+    if (this.#limiter === null || bucket === null || this.#limiter.take(bucket, now)) return true
+    this.#overLimit(connection, bucket)
+    return false
+  }
+
+  #overLimit (connection: Connection, bucket: Bucket): void {
+    const limiter = this.#limiter as MessageRateLimiter
+    const first = !bucket.limited
+    bucket.limited = true
+    if (limiter.options.policy === 'drop') {
+      if (first) connection.log.warn({ policy: 'drop' }, 'message rate limit exceeded')
+      return
+    }
+    if (connection.state === 'open') {
+      connection.log.warn({ policy: 'close' }, 'message rate limit exceeded')
+      connection.close(CloseCode.POLICY_VIOLATION, 'Rate limit exceeded').catch(noop)
+    }
+  }
+}
