@@ -58,7 +58,8 @@ export interface CompressionSettings {
   /**
    * The server's deflate window as 2^n bytes, 9 to 15, negotiated as server_max_window_bits.
    * Each step down halves the window memory (4 × 2^n bytes) and loses matches against older
-   * data. A client that offers a smaller server_max_window_bits is refused with HTTP 400 by ws.
+   * data. A client that offers a smaller server_max_window_bits gets that window (see
+   * negotiateDeflateOffer); ws alone would refuse it with HTTP 400.
    * @default 13
    */
   serverMaxWindowBits: number

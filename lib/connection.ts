@@ -29,6 +29,10 @@ type SendCallback = (err?: Error) => void
 
 /** What a connection needs of its socket beyond ws's API: ws's own send, close and terminate (lib/socket.ts). */
 export interface ManagedSocket extends WebSocket {
+  /** The connection this socket belongs to. */
+  readonly connection: Connection | null
+  /** Who started the close, or null while the socket is open. */
+  readonly closeInitiator: CloseInitiator | null
   [kSocketSend] (data: WebSocket.Data, options: SendOptions | undefined, cb: SendCallback | undefined): void
   [kSocketClose] (code?: number, data?: string | Buffer): void
   [kSocketTerminate] (): void

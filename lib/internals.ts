@@ -1,6 +1,6 @@
 // Private fields of ws and Node the plugin reads. Each access goes through one helper here,
 // and test/internals.test.ts fails loudly when a field changes shape in a new version.
-import type WebSocket from 'ws'
+import WebSocket from 'ws'
 
 /** The transport under a ws socket: a net.Socket (or tls.TLSSocket), a Duplex for injectWS(). */
 export interface Transport extends NodeJS.EventEmitter {
@@ -37,5 +37,39 @@ export function detachHttpResponse (ws: WebSocket): boolean {
   const response = transport?._httpMessage
   if (response === undefined || response === null || typeof response.detachSocket !== 'function') return false
   response.detachSocket(transport)
+  return true
+}
+
+interface ReceiverPrivate {
+  // ws: true once the receiver reported an error (it then closes the connection).
+  _errored?: boolean
+  _write?: (chunk: Buffer, encoding: BufferEncoding, cb: (err?: Error | null) => void) => void
+}
+
+const ReceiverClass = (WebSocket as unknown as { Receiver: { prototype: ReceiverPrivate } }).Receiver
+const receiverWrite = ReceiverClass.prototype._write
+
+// Found by fuzzing (test/fuzz.test.ts): while ws inflates a compressed message, later socket
+// reads queue up in the receiver's stream. When the connection then fails (invalid UTF-8 in the
+// next frame), the stream still hands the receiver what was queued, and ws 8.23's receiver,
+// which has already released the frame's mask, throws out of a zlib callback: the process
+// dies. A receiver that has failed reads nothing more. One shared function, no closure per
+// socket.
+function guardedWrite (this: ReceiverPrivate, chunk: Buffer, encoding: BufferEncoding, cb: (err?: Error | null) => void): void {
+  if (this._errored === true) {
+    cb()
+    return
+  }
+  ;(receiverWrite as NonNullable<ReceiverPrivate['_write']>).call(this, chunk, encoding, cb)
+}
+
+/**
+ * ws's `_receiver`: makes the socket's receiver ignore data once it has failed.
+ * @returns whether the receiver was found and guarded.
+ */
+export function guardReceiver (ws: WebSocket): boolean {
+  const receiver = (ws as unknown as { _receiver?: ReceiverPrivate })._receiver
+  if (receiver === undefined || typeof receiverWrite !== 'function' || typeof receiver._errored !== 'boolean') return false
+  receiver._write = guardedWrite
   return true
 }

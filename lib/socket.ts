@@ -1,6 +1,7 @@
+import type { Duplex } from 'node:stream'
 import WebSocket from 'ws'
 import type { CloseInitiator, Connection, ManagedSocket } from './connection'
-import { closeFrameReceived } from './internals'
+import { closeFrameReceived, guardReceiver } from './internals'
 import { kAttach, kCloseOwner, kSocketClose, kSocketSend, kSocketTerminate } from './symbols'
 
 type SendCallback = (err?: Error) => void
@@ -31,6 +32,12 @@ export class ManagedWebSocket extends WebSocket implements ManagedSocket {
   /** Who started the close, or null while the socket is open. */
   get closeInitiator (): CloseInitiator | null {
     return this.#initiator
+  }
+
+  // ws's server calls this once per socket when the upgrade completes; not in ws's typings.
+  setSocket (socket: Duplex, head: Buffer, options: object): void {
+    (WebSocket.prototype as unknown as { setSocket: (s: Duplex, h: Buffer, o: object) => void }).setSocket.call(this, socket, head, options)
+    guardReceiver(this)
   }
 
   [kAttach] (connection: Connection): void {

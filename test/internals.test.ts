@@ -1,0 +1,74 @@
+// The private fields of ws and Node the plugin reads (lib/internals.ts), checked on real
+// objects: a new ws or Node that renames or reshapes one fails here, by name, rather than
+// somewhere downstream.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { IncomingMessage, ServerResponse } from 'node:http'
+import { Socket } from 'node:net'
+import WebSocket from 'ws'
+import type { Connection } from '../lib/index'
+import { closeFrameReceived, detachHttpResponse, guardReceiver, transportOf } from '../lib/internals'
+import { build, connect, listen, waitFor } from './helper'
+
+test("ws's _socket is the TCP socket, with Node's byte counters", async (t) => {
+  const app = await build(t, { auth: false })
+  const seen: Connection[] = []
+  app.get('/ws', { websocket: true }, (_socket, request) => { seen.push(request.wsConnection as Connection) })
+  const url = await listen(app)
+  const client = await connect(t, `${url}/ws`)
+  await waitFor(() => seen.length === 1, 2000, 'accepted')
+  const transport = transportOf(seen[0].socket)
+  assert.ok(transport instanceof Socket, 'ws._socket is a net.Socket')
+  assert.equal(typeof transport.bytesWritten, 'number')
+  assert.equal(typeof transport.bytesRead, 'number')
+  // The plugin detached @fastify/websocket's HTTP response from it.
+  assert.equal((transport as unknown as { _httpMessage: unknown })._httpMessage, null)
+  client.terminate()
+})
+
+test("ws's _closeFrameReceived turns true when the peer's close frame arrives", async (t) => {
+  const app = await build(t, { auth: false })
+  const seen: Connection[] = []
+  app.get('/ws', { websocket: true }, (socket, request) => {
+    seen.push(request.wsConnection as Connection)
+    // Read at the moment the peer's close arrives, before the plugin answers it.
+    socket.on('close', () => { frameSeen = closeFrameReceived(socket) })
+  })
+  let frameSeen: boolean | null = null
+  const url = await listen(app)
+  const client = await connect(t, `${url}/ws`)
+  await waitFor(() => seen.length === 1, 2000, 'accepted')
+  assert.equal(closeFrameReceived(seen[0].socket), false)
+  client.close(1000)
+  await waitFor(() => frameSeen !== null, 2000, 'closed')
+  assert.equal(frameSeen, true)
+  assert.equal(seen[0].socket.closeInitiator, 'client')
+})
+
+test("Node's _httpMessage holds an assigned response until detachHttpResponse() lets go of it", () => {
+  const socket = new Socket()
+  const response = new ServerResponse(new IncomingMessage(socket))
+  response.assignSocket(socket)
+  assert.equal((socket as unknown as { _httpMessage: unknown })._httpMessage, response)
+  const ws = Object.assign(Object.create(WebSocket.prototype) as WebSocket, { _socket: socket })
+  assert.equal(detachHttpResponse(ws), true)
+  assert.equal((socket as unknown as { _httpMessage: unknown })._httpMessage, null)
+  assert.equal(detachHttpResponse(ws), false, 'nothing left to detach')
+  socket.destroy()
+})
+
+test("ws's receiver keeps _errored and _write, which guardReceiver() relies on to drop data after a failure", async (t) => {
+  const app = await build(t, { auth: false })
+  const seen: Connection[] = []
+  app.get('/ws', { websocket: true }, (_socket, request) => { seen.push(request.wsConnection as Connection) })
+  const url = await listen(app)
+  const client = await connect(t, `${url}/ws`)
+  await waitFor(() => seen.length === 1, 2000, 'accepted')
+  const receiver = (seen[0].socket as unknown as { _receiver: { _errored: unknown, _write: unknown } })._receiver
+  assert.equal(typeof receiver._errored, 'boolean', 'ws.Receiver#_errored')
+  const Receiver = (WebSocket as unknown as { Receiver: { new (): unknown, prototype: { _write: unknown } } }).Receiver
+  assert.ok(receiver instanceof Receiver)
+  assert.notEqual(receiver._write, Receiver.prototype._write, 'the plugin guarded this socket\'s receiver')
+  assert.equal(guardReceiver(seen[0].socket), true)
+  client.terminate()
+})
