@@ -5,7 +5,8 @@ import type { Authenticator, AuthResult } from './auth'
 import { negotiateDeflateOffer } from './compression-profiles'
 import { ipKey } from './ip'
 import type { WsManager } from './manager'
-import { UpgradeRefusal } from './refusal'
+import type { Connection } from './connection'
+import { refusalBody, UpgradeRefusal } from './refusal'
 import { kAuth } from './symbols'
 
 /** The admission settings of one route. */
@@ -37,14 +38,8 @@ export function refuse (manager: WsManager, request: FastifyRequest, reply: Fast
   return reply
     .code(refusal.statusCode)
     .headers(refusal.headers)
-    .send({ statusCode: refusal.statusCode, error: ERROR_NAMES[refusal.statusCode] ?? 'Error', message: refusal.message })
-}
-
-const ERROR_NAMES: Record<number, string> = {
-  401: 'Unauthorized',
-  403: 'Forbidden',
-  429: 'Too Many Requests',
-  503: 'Service Unavailable'
+    .type('application/json; charset=utf-8')
+    .send(refusalBody(refusal.statusCode, refusal.message))
 }
 
 /** The authenticated identity of an upgrade, if any. */
@@ -95,39 +90,56 @@ export function createAdmissionHook (manager: WsManager, settings: AdmissionSett
 }
 
 /**
+ * Which cap an upgrade would pass, if any: the server's, the IP's, or (with
+ * `onUserLimit: 'reject'`) the user's. Only connections still open count against the user's cap.
+ */
+export function capsExceeded (manager: WsManager, settings: AdmissionSettings, request: FastifyRequest): UpgradeRefusal | null {
+  const registry = manager.connections
+  if (settings.maxConnections > 0 && registry.size >= settings.maxConnections) {
+    return new UpgradeRefusal(503, 'Server is at its connection limit', 'maxConnections', { 'retry-after': '5' })
+  }
+  if (settings.maxConnectionsPerIp > 0 && registry.countByIp(ipKey(request.ip)) >= settings.maxConnectionsPerIp) {
+    return new UpgradeRefusal(429, 'Too many connections from this address', 'maxConnectionsPerIp', { 'retry-after': '5' })
+  }
+  const auth = authOf(request)
+  const max = settings.maxConnectionsPerUser
+  if (settings.onUserLimit === 'reject' && max > 0 && auth !== undefined && registry.countByUser(auth.userId) >= max) {
+    let open = 0
+    for (const c of registry.byUser(auth.userId)) if (c.state === 'open') open++
+    if (open >= max) return new UpgradeRefusal(429, 'Too many connections for this user', 'maxConnectionsPerUser')
+  }
+  return null
+}
+
+/**
  * The route's last preHandler: the connection caps. It runs synchronously just before the
- * handler upgrades the socket, so no upgrade can slip between the count and the accept.
+ * handler upgrades the socket, so no upgrade can slip between the count and the accept
+ * (the handler checks again for an asynchronous ws `verifyClient`).
  */
 export function createCapsHook (manager: WsManager, settings: AdmissionSettings) {
   return function checkCaps (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
     if (!request.ws) return done()
-    const registry = manager.connections
-    if (settings.maxConnections > 0 && registry.size >= settings.maxConnections) {
-      refuse(manager, request, reply, new UpgradeRefusal(503, 'Server is at its connection limit', 'maxConnections', { 'retry-after': '5' }))
+    const refusal = capsExceeded(manager, settings, request)
+    if (refusal !== null) {
+      refuse(manager, request, reply, refusal)
       return
-    }
-    if (settings.maxConnectionsPerIp > 0 && registry.countByIp(ipKey(request.ip)) >= settings.maxConnectionsPerIp) {
-      refuse(manager, request, reply, new UpgradeRefusal(429, 'Too many connections from this address', 'maxConnectionsPerIp', { 'retry-after': '5' }))
-      return
-    }
-    const auth = authOf(request)
-    const max = settings.maxConnectionsPerUser
-    if (max > 0 && auth !== undefined && registry.countByUser(auth.userId) >= max) {
-      // Connections already closing leave room: only open ones count against the cap.
-      const open = registry.byUser(auth.userId).filter((c) => c.state === 'open')
-      if (open.length >= max) {
-        if (settings.onUserLimit === 'reject') {
-          refuse(manager, request, reply, new UpgradeRefusal(429, 'Too many connections for this user', 'maxConnectionsPerUser'))
-          return
-        }
-        open.sort((a, b) => a.connectedAt - b.connectedAt)
-        for (let i = 0; i <= open.length - max; i++) {
-          open[i].log.info('closing oldest connection of user over its limit')
-          open[i].close(1008, 'Connection limit exceeded').catch(() => {})
-        }
-      }
     }
     done()
+  }
+}
+
+/**
+ * With `onUserLimit: 'closeOldest'`: once a user's new connection is accepted, closes that
+ * user's oldest open connections over the cap with 1008.
+ */
+export function evictOldest (manager: WsManager, newest: Connection, max: number): void {
+  if (max <= 0 || newest.userId === null) return
+  const open = manager.connections.byUser(newest.userId).filter((c) => c.state === 'open' && c !== newest)
+  if (open.length < max) return
+  open.sort((a, b) => a.connectedAt - b.connectedAt)
+  for (let i = 0; i <= open.length - max; i++) {
+    open[i].log.info('closing oldest connection of user over its limit')
+    open[i].close(1008, 'Connection limit exceeded').catch(() => {})
   }
 }
 

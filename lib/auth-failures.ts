@@ -57,6 +57,12 @@ class FixedWindows {
     this.#entries.set(key, { count: 1, resetAt: now + this.#window })
   }
 
+  refund (key: string, now: number): void {
+    const entry = this.#entries.get(key)
+    if (entry === undefined || entry.resetAt <= now) return
+    if (--entry.count <= 0) this.#entries.delete(key)
+  }
+
   get size (): number {
     return this.#entries.size
   }
@@ -88,14 +94,25 @@ export class FailureBudget {
 
   /** Seconds until this (IP, subject) may try again, or 0 when both budgets have room. */
   blockedFor (ip: string, subject: string, now: number): number {
-    const wait = Math.max(this.#ips.blockedFor(ip, now), this.#pairs.blockedFor(pairKey(ip, subject), now))
+    const pair = subject === '' ? 0 : this.#pairs.blockedFor(pairKey(ip, subject), now)
+    const wait = Math.max(this.#ips.blockedFor(ip, now), pair)
     return wait === 0 ? 0 : Math.ceil(wait / 1000)
   }
 
-  /** Counts one failure. */
+  /**
+   * Counts one attempt as failed. Called before verifying, so attempts in flight at once
+   * cannot pass the budget together; {@link refund} takes it back when it succeeds. An attempt
+   * without a subject (no token, an unreadable one) counts against the IP only.
+   */
   fail (ip: string, subject: string, now: number): void {
     this.#ips.fail(ip, now)
-    this.#pairs.fail(pairKey(ip, subject), now)
+    if (subject !== '') this.#pairs.fail(pairKey(ip, subject), now)
+  }
+
+  /** Takes back a {@link fail} whose attempt succeeded. */
+  refund (ip: string, subject: string, now: number): void {
+    this.#ips.refund(ip, now)
+    if (subject !== '') this.#pairs.refund(pairKey(ip, subject), now)
   }
 
   /** Keys counted now: (IP, subject) pairs and IPs. */

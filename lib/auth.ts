@@ -6,7 +6,7 @@ import { errors } from './errors'
 import { ipKey } from './ip'
 import { UpgradeRefusal } from './refusal'
 import { kChosenToken } from './symbols'
-import { claimedSubject, extractToken, headerAlgorithm, TOKEN_SOURCES, type CookieSettings, type TokenLookup, type TokenSource } from './token'
+import { claimedSubject, extractToken, headerAlgorithm, verifiedExpiry, TOKEN_SOURCES, type CookieSettings, type TokenLookup, type TokenSource } from './token'
 import { checkInt, checkString, fail, section } from './validate'
 
 /** JWT authentication on upgrade, on top of the application's @fastify/jwt. */
@@ -238,13 +238,14 @@ export class Authenticator {
         return new UpgradeRefusal(429, 'Too many failed authentications', 'auth failures over budget', { 'retry-after': String(wait) })
       }
     }
+    // Counted before verifying and refunded on success: concurrent attempts (a slow key
+    // callback) cannot all pass the budget at once.
+    failures?.fail(ip, subject, now)
     const result = found === null
       ? new UpgradeRefusal(401, 'Missing bearer token', 'no token', { 'www-authenticate': UNAUTHORIZED })
       : await this.#verify(request as RequestWithToken, found.token, found.source)
-    if (result instanceof UpgradeRefusal) {
-      this.#failed++
-      failures?.fail(ip, subject, now)
-    }
+    if (result instanceof UpgradeRefusal) this.#failed++
+    else failures?.refund(ip, subject, now)
     return result
   }
 
@@ -274,8 +275,9 @@ export class Authenticator {
     if ((typeof id !== 'string' || id === '') && (typeof id !== 'number' || !Number.isFinite(id))) {
       return invalidToken(`token has no "${this.#options.userIdClaim}" claim`, 'no user id claim')
     }
-    const exp = claims.exp
-    const closeAt = this.#options.closeOnExpiry && typeof exp === 'number' && Number.isFinite(exp)
+    // formatUser may leave exp out of the user; the verified token still carries it.
+    const exp = typeof claims.exp === 'number' && Number.isFinite(claims.exp) ? claims.exp : verifiedExpiry(token)
+    const closeAt = this.#options.closeOnExpiry && exp !== null
       ? exp * 1000 + this.#options.expiryGraceMs
       : Infinity
     return { userId: String(id), user: claims, closeAt }

@@ -256,7 +256,8 @@ function validOffer (params: Params): boolean {
     } else if (name === 'client_max_window_bits') {
       if (!windowValue(values, 8)) return false
     } else if (name === 'server_max_window_bits') {
-      // zlib raises a raw deflate window of 2^8 to 2^9, beyond what the client allowed.
+      // zlib has no raw deflate window of 2^8 (it uses 2^9); declining is always allowed and
+      // does not rely on how far back zlib then reaches.
       if (values[0] === true || !windowValue(values, 9)) return false
     } else {
       return false

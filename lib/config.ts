@@ -96,6 +96,7 @@ function readOrigins (read: EnvReader): OriginPolicy {
   const raw = read.string('ALLOWED_ORIGINS', 'same-origin')
   if (raw === 'same-origin' || raw === '*') return raw
   const list = raw.split(',').map((o) => o.trim()).filter((o) => o !== '')
+  if (list.length === 0) throw new errors.FST_WSM_ENV_INVALID('ALLOWED_ORIGINS', JSON.stringify(raw), 'expected same-origin, * or at least one origin such as https://app.example.com')
   for (const origin of list) {
     let ok = false
     try {

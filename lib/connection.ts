@@ -171,6 +171,7 @@ export class Connection {
   #drainWaiters: Array<() => void> | null = null
   #drainTimer: NodeJS.Timeout | null = null
   #expiryTimer: NodeJS.Timeout | null = null
+  #pauseTimer: NodeJS.Timeout | null = null
 
   constructor (host: ConnectionHost, init: ConnectionInit) {
     this.#host = host
@@ -222,7 +223,7 @@ export class Connection {
   send (data: Sendable, options?: SendOptions): SendResult | Promise<SendResult> {
     let payload: WebSocket.Data
     let opts = options
-    if (typeof data === 'string' || Buffer.isBuffer(data)) payload = data
+    if (typeof data === 'string' || Buffer.isBuffer(data) || data instanceof Blob) payload = data as WebSocket.Data
     else {
       const prepared = prepare(data)
       payload = prepared.data as WebSocket.Data
@@ -370,8 +371,13 @@ export class Connection {
     return 'sent'
   }
 
-  /** @internal Counts one incoming data message and runs the route's message hook. */
+  /**
+   * @internal Counts one incoming data message and runs the route's message hook. Once a
+   * close has begun nothing more is handled: an expired or revoked user's messages stop at
+   * once, not when the peer answers the close.
+   */
   received (data: WebSocket.RawData, isBinary: boolean): boolean {
+    if (this.#state !== 'open') return false
     const size = payloadSize(data)
     this.messagesIn++
     this.bytesIn += size
@@ -382,6 +388,22 @@ export class Connection {
   /** @internal A ping arrived; false when it must go unanswered (over the message budget). */
   pinged (): boolean {
     return this.#state === 'open' && this.settings.messageHook.onPing(this)
+  }
+
+  /**
+   * @internal Stops reading from the peer for `ms` (ws's pause()), the inbound side of
+   * backpressure: a client over its message budget is not read, so it cannot make the server
+   * inflate and parse what it will drop anyway. One pause at a time.
+   */
+  pauseInput (ms: number): void {
+    if (this.#pauseTimer !== null || this.#state !== 'open') return
+    this.socket.pause()
+    this.#pauseTimer = setTimeout(this.#resumeInput, ms)
+  }
+
+  readonly #resumeInput = (): void => {
+    this.#pauseTimer = null
+    if (this.socket.readyState === 1) this.socket.resume()
   }
 
   /** @internal A listener the application attached to the socket threw. */
@@ -400,6 +422,7 @@ export class Connection {
     this.#leaveOpen('closed')
     this.closeCode = code
     if (this.#expiryTimer !== null) clearTimeout(this.#expiryTimer)
+    if (this.#pauseTimer !== null) clearTimeout(this.#pauseTimer)
     const pending = this.#close
     if (pending !== null) {
       if (pending.timer !== null) clearTimeout(pending.timer)

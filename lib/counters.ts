@@ -38,7 +38,8 @@ export class BoundedCounts<V extends object> {
   /** A copy of every entry, as a plain object. */
   snapshot (): Record<string, V> {
     const out: Record<string, V> = {}
-    for (const [key, value] of this.#entries) out[key] = { ...value }
+    // defineProperty: a key such as `__proto__` (ids come from clients) stays a key.
+    for (const [key, value] of this.#entries) own(out, key, { ...value })
     return out
   }
 }
@@ -54,6 +55,10 @@ export function zeroCount (): Count {
 /** `{ key: n }` from a BoundedCounts of counts. */
 export function countsOf (counts: BoundedCounts<Count>): Record<string, number> {
   const out: Record<string, number> = {}
-  for (const [key, value] of Object.entries(counts.snapshot())) out[key] = value.n
+  for (const [key, value] of Object.entries(counts.snapshot())) own(out, key, value.n)
   return out
+}
+
+function own<T> (target: Record<string, T>, key: string, value: T): void {
+  Object.defineProperty(target, key, { value, enumerable: true, writable: true, configurable: true })
 }

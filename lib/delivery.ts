@@ -138,6 +138,7 @@ export function prepare (data: Sendable): Prepared {
   // A string would be turned into a Buffer by ws once per socket; do it once here.
   if (typeof data === 'string') return { data: Buffer.from(data), options: TEXT }
   if (isRaw(data)) return { data, options: undefined }
+  if (data instanceof Blob) return { data: data as unknown as ArrayBuffer, options: undefined }
   if (Array.isArray(data) && data.length > 0 && data.every(Buffer.isBuffer)) {
     return { data: Buffer.concat(data as Buffer[]), options: undefined }
   }

@@ -288,7 +288,7 @@ export class WsManager implements ConnectionHost {
       compressThreshold: compression === null ? -1 : compression.settings.threshold,
       heartbeat,
       idleTimeout: config.idleTimeout,
-      messageHook: new InboundPipeline(this.frames, compression, this.messageLimiter, router)
+      messageHook: new InboundPipeline(this.frames, compression, this.messageLimiter, router, this.options.close.timeout)
     }
   }
 

@@ -11,14 +11,20 @@ import type { MessageRouter } from './router'
 
 function noop (): void {}
 
+const MAX_PAUSE_MS = 1000
+const MAX_POLICY_CLOSE_MS = 1000
+
 /** The message hook of one route. */
 export class InboundPipeline implements MessageHook {
   readonly #frames: FrameSizeValidator
   readonly #compression: CompressionManager | null
   readonly #limiter: MessageRateLimiter | null
   readonly #router: MessageRouter | null
+  readonly #closeTimeout: number
 
-  constructor (frames: FrameSizeValidator, compression: CompressionManager | null, limiter: MessageRateLimiter | null, router: MessageRouter | null) {
+  constructor (frames: FrameSizeValidator, compression: CompressionManager | null, limiter: MessageRateLimiter | null,
+    router: MessageRouter | null, closeTimeout: number) {
+    this.#closeTimeout = closeTimeout
     this.#frames = frames
     this.#compression = compression
     this.#limiter = limiter
@@ -26,9 +32,10 @@ export class InboundPipeline implements MessageHook {
   }
 
   onMessage (connection: Connection, data: WebSocket.RawData, isBinary: boolean, size: number): boolean {
-    this.#frames.observe(size, connection.userId, connection.id)
     if (this.#compression !== null && connection.compressing) this.#compression.recordReceived(connection.socket, size)
     if (!this.#allowed(connection, connection.lastActivityAt)) return false
+    // After the rate check, so a flood cannot turn into a flood of size warnings.
+    this.#frames.observe(size, connection.userId, connection.id)
     return this.#router === null || this.#router.onMessage(connection, data, isBinary)
   }
 
@@ -51,11 +58,16 @@ export class InboundPipeline implements MessageHook {
     bucket.limited = true
     if (limiter.options.policy === 'drop') {
       if (first) connection.log.warn({ policy: 'drop' }, 'message rate limit exceeded')
+      // Stop reading until a token is back (at most a second, well inside any heartbeat
+      // bound): a flood costs the server no more inflating and parsing than the budget.
+      connection.pauseInput(Math.min(MAX_PAUSE_MS, Math.ceil(limiter.msUntilToken(bucket))))
       return
     }
     if (connection.state === 'open') {
       connection.log.warn({ policy: 'close' }, 'message rate limit exceeded')
-      connection.close(CloseCode.POLICY_VIOLATION, 'Rate limit exceeded').catch(noop)
+      // A short wait for the close handshake: the peer is flooding, and whatever it sends
+      // until the socket ends is read and thrown away.
+      connection.close(CloseCode.POLICY_VIOLATION, 'Rate limit exceeded', Math.min(MAX_POLICY_CLOSE_MS, this.#closeTimeout)).catch(noop)
     }
   }
 }

@@ -1,12 +1,15 @@
 import type { IncomingMessage } from 'node:http'
 import type { Duplex } from 'node:stream'
-import type { FastifyInstance, FastifyRequest, RouteOptions } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import websocket, { type WebsocketHandler } from '@fastify/websocket'
 import rateLimit from '@fastify/rate-limit'
 import FindMyWay from 'find-my-way'
 import type WebSocket from 'ws'
-import { createAdmissionHook, createCapsHook, upgradeRateKey, type AdmissionSettings, type CreateRateLimit, type RateLimiter } from './admission'
+import {
+  capsExceeded, createAdmissionHook, createCapsHook, evictOldest, refuse, upgradeRateKey,
+  type AdmissionSettings, type CreateRateLimit, type RateLimiter
+} from './admission'
 import { Authenticator } from './auth'
 import { isCompressionError, perMessageDeflateOptions } from './compression-profiles'
 import type { RouteSettings } from './connection'
@@ -18,7 +21,7 @@ import { WsManager } from './manager'
 import { normalizeOptions, resolveRouteConfig, type WsManagerOptions } from './options'
 import { createOriginCheck } from './origin'
 import { createUrlRedactor } from './redact'
-import { refuseRawSocket } from './refusal'
+import { refuseRawSocket, UpgradeRefusal } from './refusal'
 import { createAjv, MessageRouter } from './router'
 import { ManagedWebSocket } from './socket'
 
@@ -67,9 +70,11 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
   // plugin: it is looked up now if present, else when the app is ready (failing ready()).
   let authenticator: Authenticator | null = null
   const auth = options.auth
-  // The authenticated WebSocket routes, matched as Fastify's own router matches, so the
-  // query token is taken out of their URLs only.
-  const authRoutes = FindMyWay({ ignoreTrailingSlash: true, ignoreDuplicateSlashes: true, caseSensitive: false })
+  // Every GET route, matched as Fastify's own router matches (a static route wins over a
+  // parametric one), each marked with whether it is an authenticated WebSocket route: the
+  // query token is taken out of those URLs only.
+  const getRoutes = FindMyWay<FindMyWay.HTTPVersion.V1>({ ignoreTrailingSlash: true, ignoreDuplicateSlashes: true, caseSensitive: false })
+  const redactsPath = (path: string): boolean => (getRoutes.find('GET', path)?.store as { redact?: boolean } | undefined)?.redact === true
   let redactor: ((request: IncomingMessage) => void) | null = null
   if (auth !== false) {
     if (fastify.hasDecorator('jwt')) authenticator = new Authenticator(fastify, auth)
@@ -77,7 +82,7 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
       authenticator ??= new Authenticator(fastify, auth)
     })
     if (auth.queryParam !== false && auth.sources.includes('query')) {
-      redactor = createUrlRedactor(auth.queryParam, (path) => authRoutes.find('GET', path) !== null)
+      redactor = createUrlRedactor(auth.queryParam, redactsPath)
       listenServer.prependListener('upgrade', redactor)
       listenServer.prependListener('request', redactor)
     }
@@ -117,11 +122,20 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
     }
   }
 
-  function wrap (handler: WebsocketHandler, route: string, settings: RouteSettings): WebsocketHandler {
+  function wrap (handler: WebsocketHandler, route: string, settings: RouteSettings, admission: AdmissionSettings): WebsocketHandler {
     return function managedHandler (this: FastifyInstance, socket: WebSocket, request: FastifyRequest) {
       dropFastifyWebsocketErrorListener(socket)
       socket.on('error', onSocketError as (this: WebSocket, error: Error) => void)
       detachHttpResponse(socket)
+      // The caps were checked before the upgrade; an asynchronous ws `verifyClient` can let
+      // others in between, so they are checked again now that the socket exists.
+      const over = capsExceeded(manager, admission, request)
+      if (over !== null) {
+        request.log.info({ reason: over.reason }, 'connection refused after upgrade')
+        manager.countRefusal(over.statusCode)
+        socket.close(1013, 'Try again later')
+        return
+      }
       let connection
       try {
         connection = manager.accept(socket as ManagedWebSocket, request, route, settings)
@@ -138,6 +152,9 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
         connection.close(options.close.shutdownCode, options.close.shutdownReason).catch(noop)
         return
       }
+      // 'closeOldest' makes room only once the new connection exists, so a request that ws
+      // then refused (a bad handshake) cannot cost the user a connection.
+      if (admission.onUserLimit === 'closeOldest') evictOldest(manager, connection, admission.maxConnectionsPerUser)
       let result
       try {
         result = handler.call(this, socket, request)
@@ -155,22 +172,20 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
   // application's handler before @fastify/websocket moves it aside.
   fastify.addHook('onRoute', (routeOptions) => {
     const isWs = routeOptions.websocket === true || typeof routeOptions.wsHandler === 'function'
-    if (!isWs || !isWebSocketRoute(routeOptions)) return
+    const methods = Array.isArray(routeOptions.method) ? routeOptions.method : [routeOptions.method]
+    if (!isWs || !isWebSocketRoute(routeOptions)) {
+      // @fastify/websocket upgrades on every route and only then closes sockets of routes
+      // without a WebSocket handler: a 101 that no admission check has seen. Refused here.
+      routeOptions.onRequest = appendHook(routeOptions.onRequest, refuseUnmanagedUpgrade)
+      if (methods.includes('GET')) remember(routeOptions.url, false)
+      return
+    }
     const route = routeOptions.url
     const config = resolveRouteConfig((routeOptions.config as { wsManager?: unknown } | undefined)?.wsManager, options, route)
     const router = config.messages === null
       ? null
       : new MessageRouter(config.messages, config.messageErrorLimit, ajv, `config.wsManager.messages (route ${route})`)
     const settings = manager.routeSettings(config, router)
-    if (routeOptions.websocket === true) {
-      routeOptions.handler = wrap(routeOptions.handler as unknown as WebsocketHandler, route, settings) as unknown as RouteOptions['handler']
-    } else {
-      routeOptions.wsHandler = wrap(routeOptions.wsHandler as WebsocketHandler, route, settings) as typeof routeOptions.wsHandler
-    }
-    if (config.auth && redactor !== null && authRoutes.find('GET', route) === null) {
-      authRoutes.on('GET', route, noop)
-    }
-
     const admission: AdmissionSettings = {
       get authenticator () { return config.auth ? authenticator : null },
       originAllowed,
@@ -180,6 +195,13 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
       onUserLimit: options.onUserLimit,
       deflateWindowBits: options.compression.enabled ? options.compression.serverMaxWindowBits : null
     }
+    if (routeOptions.websocket === true) {
+      routeOptions.handler = wrap(routeOptions.handler as unknown as WebsocketHandler, route, settings, admission) as unknown as RouteOptions['handler']
+    } else {
+      routeOptions.wsHandler = wrap(routeOptions.wsHandler as WebsocketHandler, route, settings, admission) as typeof routeOptions.wsHandler
+    }
+    remember(route, config.auth)
+
     const own = config.upgradeRateLimit
     let routeLimiter: RateLimiter | null = null
     const getLimiter = own === undefined
@@ -193,6 +215,18 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
     routeOptions.onRequest = appendHook(routeOptions.onRequest, createAdmissionHook(manager, admission, getLimiter))
     routeOptions.preHandler = appendHook(routeOptions.preHandler, createCapsHook(manager, admission))
   })
+
+  function remember (url: string, redact: boolean): void {
+    try {
+      getRoutes.on('GET', url, noop, { redact })
+    } catch {
+      // The same path registered twice (constraints, or a HEAD twin): the first one counts.
+    }
+  }
+
+  async function refuseUnmanagedUpgrade (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    if (request.ws) refuse(manager, request, reply, new UpgradeRefusal(404, 'Not a WebSocket route', 'not a websocket route'))
+  }
 
   const upgradeListenersBefore = new Set(listenServer.listeners('upgrade'))
   await fastify.register(websocket, {

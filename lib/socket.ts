@@ -14,6 +14,15 @@ interface SendOptions {
 
 function noop (): void {}
 
+type Listener = (this: ManagedWebSocket, a?: unknown, b?: unknown) => unknown
+type Wrapped = Listener & { listener: Listener }
+// ws's typings declare listeners per event; the wrapper serves them all.
+type AnyListener = (...args: any[]) => void
+
+function isThenable (value: unknown): value is PromiseLike<unknown> {
+  return value !== null && typeof value === 'object' && typeof (value as PromiseLike<unknown>).then === 'function'
+}
+
 /**
  * The socket class the plugin's WebSocketServer builds (ws's `WebSocket` server option).
  * Subclassing rather than wrapping keeps the application's own `socket.send()`,
@@ -46,6 +55,49 @@ export class ManagedWebSocket extends WebSocket implements ManagedSocket {
 
   [kCloseOwner] (): Connection | null {
     return this.#connection
+  }
+
+  // An async listener (`socket.on('message', async (data) => ...)`) rejects where emit()
+  // cannot catch it, and an unhandled rejection ends the process. Each listener is wrapped
+  // once, when it is added, so its promise is watched too; the wrapper carries the original
+  // as `listener`, as Node's own once() wrappers do, so removeListener(original) and
+  // listeners() keep working. addEventListener and onmessage go through on() as well.
+  #wrap (event: string | symbol, listener: Listener, once: boolean): Wrapped {
+    const socket = this
+    const wrapped = function (this: ManagedWebSocket, a?: unknown, b?: unknown): unknown {
+      if (once) socket.removeListener(event, wrapped)
+      const result = listener.call(this, a, b)
+      if (isThenable(result)) result.then(undefined, (err: unknown) => socket.#onRejected(err, event))
+      return result
+    } as Wrapped
+    wrapped.listener = listener
+    return wrapped
+  }
+
+  #onRejected (err: unknown, event: string | symbol): void {
+    const conn = this.#connection
+    if (conn !== null) conn.onListenerError(err, event)
+    else this.terminate()
+  }
+
+  override on (event: string | symbol, listener: AnyListener): this {
+    return typeof listener === 'function' ? super.on(event, this.#wrap(event, listener as Listener, false) as AnyListener) : super.on(event, listener)
+  }
+
+  override addListener (event: string | symbol, listener: AnyListener): this {
+    return this.on(event, listener)
+  }
+
+  override prependListener (event: string | symbol, listener: AnyListener): this {
+    return typeof listener === 'function' ? super.prependListener(event, this.#wrap(event, listener as Listener, false) as AnyListener) : super.prependListener(event, listener)
+  }
+
+  override once (event: string | symbol, listener: AnyListener): this {
+    return typeof listener === 'function' ? super.on(event, this.#wrap(event, listener as Listener, true) as AnyListener) : super.once(event, listener)
+  }
+
+  override prependOnceListener (event: string | symbol, listener: AnyListener): this {
+    return typeof listener === 'function' ? super.prependListener(event, this.#wrap(event, listener as Listener, true) as AnyListener) : super.prependOnceListener(event, listener)
   }
 
   // The application's own socket.send() takes the connection's path too: counted, under

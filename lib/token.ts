@@ -105,18 +105,35 @@ export function headerAlgorithm (token: string): string | null {
   return alg
 }
 
+function payloadOf (token: string): Record<string, unknown> | null {
+  const start = token.indexOf('.') + 1
+  const end = token.indexOf('.', start)
+  // A header line is at most Node's 16 KiB by default; this bounds the work all the same.
+  if (start === 0 || end === -1 || end - start > 65_536) return null
+  const payload = decodeSegment(token.slice(start, end))
+  return payload !== null && typeof payload === 'object' && !Array.isArray(payload) ? payload as Record<string, unknown> : null
+}
+
 /**
  * The subject a token claims, read without verifying it: only to count a failed attempt
  * under (IP, subject), so one client's bad tokens do not use up the budget of everyone behind
- * the same address. Empty when there is none; at most 128 characters.
+ * the same address. The claim named, else `sub`, as it stands in the token (before any
+ * formatUser). Empty when there is none; at most 128 characters.
  */
 export function claimedSubject (token: string | null, claim: string): string {
   if (token === null) return ''
-  const start = token.indexOf('.') + 1
-  const end = token.indexOf('.', start)
-  if (start === 0 || end === -1 || end - start > 8192) return ''
-  const payload = decodeSegment(token.slice(start, end)) as Record<string, unknown> | null
-  if (payload === null || typeof payload !== 'object') return ''
-  const value = payload[claim]
+  const payload = payloadOf(token)
+  if (payload === null) return ''
+  const value = payload[claim] ?? payload.sub
   return typeof value === 'string' || typeof value === 'number' ? String(value).slice(0, 128) : ''
+}
+
+/**
+ * The `exp` claim of a token that was just verified, in seconds; null without one. For an
+ * application whose `formatUser` leaves `exp` out of the user it returns: the token is the one
+ * the verifier accepted, so its payload is what was verified.
+ */
+export function verifiedExpiry (token: string): number | null {
+  const exp = payloadOf(token)?.exp
+  return typeof exp === 'number' && Number.isFinite(exp) ? exp : null
 }
