@@ -122,11 +122,6 @@ export class MessageRateLimiter {
     return false
   }
 
-  /** Milliseconds until the bucket holds a whole token again; 0 when it does. */
-  msUntilToken (bucket: Bucket): number {
-    return bucket.tokens >= 1 ? 0 : (1 - bucket.tokens) / this.#rate
-  }
-
   getStats (): MessageLimitStats {
     return {
       buckets: this.#users.size + this.#ips.size,

@@ -11,7 +11,7 @@ import type { MessageRouter } from './router'
 
 function noop (): void {}
 
-const MAX_PAUSE_MS = 1000
+const PAUSE_MS = 1000
 const MAX_POLICY_CLOSE_MS = 1000
 
 /** The message hook of one route. */
@@ -58,9 +58,10 @@ export class InboundPipeline implements MessageHook {
     bucket.limited = true
     if (limiter.options.policy === 'drop') {
       if (first) connection.log.warn({ policy: 'drop' }, 'message rate limit exceeded')
-      // Stop reading until a token is back (at most a second, well inside any heartbeat
-      // bound): a flood costs the server no more inflating and parsing than the budget.
-      connection.pauseInput(Math.min(MAX_PAUSE_MS, Math.ceil(limiter.msUntilToken(bucket))))
+      // Stop reading for a second (well inside any heartbeat bound): what arrives meanwhile
+      // would be dropped anyway, and a flood then costs the server one socket read of parsing
+      // and inflating per second rather than all it can send.
+      connection.pauseInput(PAUSE_MS)
       return
     }
     if (connection.state === 'open') {
