@@ -155,12 +155,12 @@ export function resolveAuth (input: unknown): AuthOptions | false {
 }
 
 interface JwtDecorator {
-  options?: { verify?: { algorithms?: string[] }, sign?: { algorithm?: string } }
+  options?: { verify?: { algorithms?: string[], extractToken?: unknown, onlyCookie?: unknown }, sign?: { algorithm?: string } }
   cookie?: CookieSettings
 }
 
 type RequestWithToken = FastifyRequest & { [kChosenToken]?: string }
-type VerifiableRequest = RequestWithToken & { jwtVerify: (options: object) => Promise<unknown> }
+type VerifiableRequest = RequestWithToken & { jwtVerify: (options?: object) => Promise<unknown> }
 
 // Per-call options for request.jwtVerify(): @fastify/jwt verifies exactly the token the plugin
 // chose, whatever its own `verify.extractToken` or `verify.onlyCookie` would pick. One frozen
@@ -199,6 +199,9 @@ export class Authenticator {
   readonly #algorithms: ReadonlySet<string>
   readonly #lookup: TokenLookup
   readonly #failures: FailureBudget | null
+  // @fastify/jwt reads `Authorization: Bearer <token>` itself when the application set no
+  // extractToken or onlyCookie.
+  readonly #jwtReadsHeader: boolean
   #failed = 0
 
   /** @throws FST_WSM_JWT_MISSING without @fastify/jwt; FST_WSM_OPTION_INVALID when no algorithm can be pinned. */
@@ -213,6 +216,7 @@ export class Authenticator {
     this.#algorithms = new Set(algorithms)
     this.#lookup = { sources: options.sources, subprotocolPrefix: options.subprotocolPrefix, cookie: jwt.cookie ?? null }
     this.#failures = options.failureLimit === false ? null : new FailureBudget(options.failureLimit)
+    this.#jwtReadsHeader = jwt.options?.verify?.extractToken === undefined && (jwt.options?.verify?.onlyCookie ?? false) === false
   }
 
   /** The algorithms in force. */
@@ -257,8 +261,12 @@ export class Authenticator {
     // `trusted` (revocation) and `formatUser`. VERIFY_CHOSEN makes it verify this token.
     let verified: unknown
     request[kChosenToken] = token
+    // Per-call options make @fastify/jwt build a verifier for the call. Where it would read
+    // this very token by itself (a header of exactly `Bearer <token>`, which it splits on the
+    // space), its cached verifier serves: the common case costs no more than plain jwtVerify().
+    const own = source === 'header' && this.#jwtReadsHeader && request.headers.authorization === `Bearer ${token}`
     try {
-      verified = await (request as VerifiableRequest).jwtVerify(VERIFY_CHOSEN)
+      verified = await (own ? (request as VerifiableRequest).jwtVerify() : (request as VerifiableRequest).jwtVerify(VERIFY_CHOSEN))
     } catch (err) {
       const code = (err as { code?: string }).code ?? ''
       const message = FAST_JWT_MESSAGES[code] ?? 'token is invalid'

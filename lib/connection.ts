@@ -398,12 +398,13 @@ export class Connection {
   pauseInput (ms: number): void {
     if (this.#pauseTimer !== null || this.#state !== 'open') return
     this.socket.pause()
-    this.#pauseTimer = setTimeout(this.#resumeInput, ms)
+    // One function for every connection: no closure per connection.
+    this.#pauseTimer = setTimeout(Connection.#resumeInput, ms, this)
   }
 
-  readonly #resumeInput = (): void => {
-    this.#pauseTimer = null
-    if (this.socket.readyState === 1) this.socket.resume()
+  static #resumeInput (connection: Connection): void {
+    connection.#pauseTimer = null
+    if (connection.socket.readyState === 1) connection.socket.resume()
   }
 
   /** @internal A listener the application attached to the socket threw. */

@@ -1,5 +1,6 @@
 // Private fields of ws and Node the plugin reads. Each access goes through one helper here,
 // and test/internals.test.ts fails loudly when a field changes shape in a new version.
+import { EventEmitter } from 'node:events'
 import WebSocket from 'ws'
 
 /** The transport under a ws socket: a net.Socket (or tls.TLSSocket), a Duplex for injectWS(). */
@@ -71,5 +72,22 @@ export function guardReceiver (ws: WebSocket): boolean {
   const receiver = (ws as unknown as { _receiver?: ReceiverPrivate })._receiver
   if (receiver === undefined || typeof receiverWrite !== 'function' || typeof receiver._errored !== 'boolean') return false
   receiver._write = guardedWrite
+  return true
+}
+
+// Node's EventEmitter keeps its captureRejections flag in an own property under a Symbol it
+// does not export (`kCapture`); an emitter made with the option shows which one it is.
+const kCapture: symbol | undefined = Object.getOwnPropertySymbols(new EventEmitter({ captureRejections: true }))
+  .find((symbol) => symbol.description === 'kCapture')
+
+/**
+ * Turns on captureRejections for one emitter, as `new EventEmitter({ captureRejections: true })`
+ * would: the promises its listeners return are watched, and a rejection goes to its
+ * `Symbol.for('nodejs.rejection')` method. Nothing global changes.
+ * @returns whether Node's flag was found and set.
+ */
+export function captureRejections (emitter: EventEmitter): boolean {
+  if (kCapture === undefined) return false
+  ;(emitter as unknown as Record<symbol, boolean>)[kCapture] = true
   return true
 }

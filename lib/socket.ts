@@ -1,7 +1,7 @@
 import type { Duplex } from 'node:stream'
 import WebSocket from 'ws'
 import type { CloseInitiator, Connection, ManagedSocket } from './connection'
-import { closeFrameReceived, guardReceiver } from './internals'
+import { captureRejections, closeFrameReceived, guardReceiver } from './internals'
 import { kAttach, kCloseOwner, kSocketClose, kSocketSend, kSocketTerminate } from './symbols'
 
 type SendCallback = (err?: Error) => void
@@ -14,15 +14,6 @@ interface SendOptions {
 
 function noop (): void {}
 
-type Listener = (this: ManagedWebSocket, a?: unknown, b?: unknown) => unknown
-type Wrapped = Listener & { listener: Listener }
-// ws's typings declare listeners per event; the wrapper serves them all.
-type AnyListener = (...args: any[]) => void
-
-function isThenable (value: unknown): value is PromiseLike<unknown> {
-  return value !== null && typeof value === 'object' && typeof (value as PromiseLike<unknown>).then === 'function'
-}
-
 /**
  * The socket class the plugin's WebSocketServer builds (ws's `WebSocket` server option).
  * Subclassing rather than wrapping keeps the application's own `socket.send()`,
@@ -30,8 +21,8 @@ function isThenable (value: unknown): value is PromiseLike<unknown> {
  * extra object or closure per message.
  */
 export class ManagedWebSocket extends WebSocket implements ManagedSocket {
-  #connection: Connection | null = null
-  #initiator: CloseInitiator | null = null
+  #connection: Connection | null
+  #initiator: CloseInitiator | null
 
   /** The managed connection this socket belongs to, once the route handler runs. */
   get connection (): Connection | null {
@@ -58,46 +49,20 @@ export class ManagedWebSocket extends WebSocket implements ManagedSocket {
   }
 
   // An async listener (`socket.on('message', async (data) => ...)`) rejects where emit()
-  // cannot catch it, and an unhandled rejection ends the process. Each listener is wrapped
-  // once, when it is added, so its promise is watched too; the wrapper carries the original
-  // as `listener`, as Node's own once() wrappers do, so removeListener(original) and
-  // listeners() keep working. addEventListener and onmessage go through on() as well.
-  #wrap (event: string | symbol, listener: Listener, once: boolean): Wrapped {
-    const socket = this
-    const wrapped = function (this: ManagedWebSocket, a?: unknown, b?: unknown): unknown {
-      if (once) socket.removeListener(event, wrapped)
-      const result = listener.call(this, a, b)
-      if (isThenable(result)) result.then(undefined, (err: unknown) => socket.#onRejected(err, event))
-      return result
-    } as Wrapped
-    wrapped.listener = listener
-    return wrapped
+  // cannot catch it, and an unhandled rejection ends the process. Node's EventEmitter watches
+  // the promises listeners return when captureRejections is on, and hands a rejection to
+  // Symbol.for('nodejs.rejection'): no wrapper per listener, one null check per emit.
+  constructor (...args: ConstructorParameters<typeof WebSocket>) {
+    super(...args)
+    captureRejections(this)
+    this.#connection = null
+    this.#initiator = null
   }
 
-  #onRejected (err: unknown, event: string | symbol): void {
+  [Symbol.for('nodejs.rejection')] (err: unknown, event: string | symbol): void {
     const conn = this.#connection
     if (conn !== null) conn.onListenerError(err, event)
     else this.terminate()
-  }
-
-  override on (event: string | symbol, listener: AnyListener): this {
-    return typeof listener === 'function' ? super.on(event, this.#wrap(event, listener as Listener, false) as AnyListener) : super.on(event, listener)
-  }
-
-  override addListener (event: string | symbol, listener: AnyListener): this {
-    return this.on(event, listener)
-  }
-
-  override prependListener (event: string | symbol, listener: AnyListener): this {
-    return typeof listener === 'function' ? super.prependListener(event, this.#wrap(event, listener as Listener, false) as AnyListener) : super.prependListener(event, listener)
-  }
-
-  override once (event: string | symbol, listener: AnyListener): this {
-    return typeof listener === 'function' ? super.on(event, this.#wrap(event, listener as Listener, true) as AnyListener) : super.once(event, listener)
-  }
-
-  override prependOnceListener (event: string | symbol, listener: AnyListener): this {
-    return typeof listener === 'function' ? super.prependListener(event, this.#wrap(event, listener as Listener, true) as AnyListener) : super.prependOnceListener(event, listener)
   }
 
   // The application's own socket.send() takes the connection's path too: counted, under

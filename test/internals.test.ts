@@ -2,12 +2,13 @@
 // objects: a new ws or Node that renames or reshapes one fails here, by name, rather than
 // somewhere downstream.
 import { test } from 'node:test'
+import { EventEmitter } from 'node:events'
 import assert from 'node:assert/strict'
 import { IncomingMessage, ServerResponse } from 'node:http'
 import { Socket } from 'node:net'
 import WebSocket from 'ws'
 import type { Connection } from '../lib/index'
-import { closeFrameReceived, detachHttpResponse, guardReceiver, transportOf } from '../lib/internals'
+import { captureRejections, closeFrameReceived, detachHttpResponse, guardReceiver, transportOf } from '../lib/internals'
 import { build, connect, listen, waitFor } from './helper'
 
 test("ws's _socket is the TCP socket, with Node's byte counters", async (t) => {
@@ -71,4 +72,17 @@ test("ws's receiver keeps _errored and _write, which guardReceiver() relies on t
   assert.notEqual(receiver._write, Receiver.prototype._write, 'the plugin guarded this socket\'s receiver')
   assert.equal(guardReceiver(seen[0].socket), true)
   client.terminate()
+})
+
+test("Node's EventEmitter keeps captureRejections under a Symbol described 'kCapture', which captureRejections() sets", () => {
+  const emitter = new EventEmitter()
+  assert.equal(captureRejections(emitter), true, 'the kCapture symbol was found')
+  let caught: unknown = null
+  ;(emitter as unknown as Record<symbol, unknown>)[Symbol.for('nodejs.rejection')] = (err: unknown) => { caught = err }
+  emitter.on('x', async () => { throw new Error('rejected') })
+  emitter.emit('x')
+  return new Promise<void>((resolve) => setImmediate(() => {
+    assert.equal((caught as Error | null)?.message, 'rejected')
+    resolve()
+  }))
 })
