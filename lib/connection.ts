@@ -33,6 +33,8 @@ export interface ManagedSocket extends WebSocket {
   readonly connection: Connection | null
   /** Who started the close, or null while the socket is open. */
   readonly closeInitiator: CloseInitiator | null
+  /** The code of the close frame this side sent, or null before any. */
+  readonly sentCloseCode: number | null
   [kSocketSend] (data: WebSocket.Data, options: SendOptions | undefined, cb: SendCallback | undefined): void
   [kSocketClose] (code?: number, data?: string | Buffer): void
   [kSocketTerminate] (): void
@@ -436,6 +438,9 @@ export class Connection {
     this.log.info({
       code,
       reason: reason.length > 0 ? reason.toString() : '',
+      // What the server sent (1009, 1013, ...), also when the peer never answered and ws
+      // reports 1006.
+      sentCode: this.socket.sentCloseCode,
       initiatedBy: initiator,
       durationMs: Date.now() - this.connectedAt,
       messagesIn: this.messagesIn,

@@ -23,6 +23,7 @@ function noop (): void {}
 export class ManagedWebSocket extends WebSocket implements ManagedSocket {
   #connection: Connection | null
   #initiator: CloseInitiator | null
+  #sentCode: number | null
 
   /** The managed connection this socket belongs to, once the route handler runs. */
   get connection (): Connection | null {
@@ -32,6 +33,11 @@ export class ManagedWebSocket extends WebSocket implements ManagedSocket {
   /** Who started the close, or null while the socket is open. */
   get closeInitiator (): CloseInitiator | null {
     return this.#initiator
+  }
+
+  /** The code of the close frame this side sent (1005 for one without a code), or null before any. */
+  get sentCloseCode (): number | null {
+    return this.#sentCode
   }
 
   // ws's server calls this once per socket when the upgrade completes; not in ws's typings.
@@ -57,6 +63,7 @@ export class ManagedWebSocket extends WebSocket implements ManagedSocket {
     captureRejections(this)
     this.#connection = null
     this.#initiator = null
+    this.#sentCode = null
   }
 
   [Symbol.for('nodejs.rejection')] (err: unknown, event: string | symbol): void {
@@ -88,6 +95,7 @@ export class ManagedWebSocket extends WebSocket implements ManagedSocket {
     const open = this.readyState < 2
     super.close(code, data)
     if (open && this.#initiator === null) this.#initiator = closeFrameReceived(this) ? 'client' : 'server'
+    if (open && this.#sentCode === null) this.#sentCode = code ?? 1005
   }
 
   override terminate (): void {

@@ -61,3 +61,16 @@ test('the close line tells who initiated: server, client or the network', async 
   const initiators = logs.lines.filter((l) => l.msg === 'connection closed').map((l) => [l.initiatedBy, l.code])
   assert.deepEqual(initiators, [['server', 1000], ['network', 1006]])
 })
+
+test('the close line keeps the code the server sent when the peer never answers (sentCode)', async (t) => {
+  const logs = logCapture()
+  const app = await build(t, { auth: false, close: { timeout: 150 } }, { fastify: { logger: { level: 'info', stream: logs.stream } } })
+  app.get('/ws', { websocket: true }, () => {})
+  const url = await listen(app)
+  await rawPeer(t, url, '/ws')
+  await waitFor(() => app.wsManager.connections.size === 1)
+  await [...app.wsManager.connections][0].close(1013, 'Slow consumer')
+  await waitFor(() => logs.lines.some((l) => l.msg === 'connection closed'), 2000, 'close logged')
+  const line = logs.lines.find((l) => l.msg === 'connection closed')
+  assert.deepEqual([line?.code, line?.sentCode, line?.initiatedBy], [1006, 1013, 'server'])
+})
