@@ -11,7 +11,7 @@ const WORDS = ('the a to and of in is it you that for on with this was are be at
 const NAMES = ['Ana', 'Ben', 'Chen', 'Dara', 'Eli', 'Fatima', 'Goran', 'Hana', 'Ivan', 'Jun', 'Kofi', 'Lena']
 
 // mulberry32: small, seeded, good enough for test data.
-function prng (seed: number): () => number {
+export function prng (seed: number): () => number {
   let a = seed >>> 0
   return () => {
     a = (a + 0x6d2b79f5) >>> 0

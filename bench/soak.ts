@@ -38,6 +38,7 @@ import jwt from '@fastify/jwt'
 import Fastify from 'fastify'
 import { BUILD_DIR, buildChildren } from './build'
 import { Peer, sleep } from './ipc'
+import { prng } from './payloads'
 import { remote } from './scenarios'
 import { LIFETIMES, Load, RATES, type Kind, type LoadTarget } from './soak-clients'
 import { SOAK_PLUGIN_OPTIONS, type LogCensus, type SoakSample, type SoakServerSpec } from './soak-config'
@@ -86,18 +87,6 @@ function leakFlag (): SoakServerSpec['leak'] {
   const kinds = raw.split(',').map((k) => k.trim())
   for (const k of kinds) if (k !== 'memory' && k !== 'timer' && k !== 'fd') throw new Error(`SOAK_INJECT_LEAK: memory, timer, fd, 1 or all; got ${JSON.stringify(raw)}`)
   return kinds as SoakServerSpec['leak']
-}
-
-// mulberry32: a seeded generator, so a run's client lifetimes can be replayed.
-function seeded (seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
 }
 
 async function startServer (spec: SoakServerSpec): Promise<{ peer: Peer, ready: SoakReady, exited: Promise<string> }> {
@@ -185,7 +174,8 @@ async function main (): Promise<void> {
   const signer = Fastify({ logger: false })
   await signer.register(jwt, { secret })
   await signer.ready()
-  const random = seeded(seed)
+  // Seeded, so a run's client lifetimes can be replayed.
+  const random = prng(seed)
   const target: LoadTarget = { port: server.ready.port, sign: (claims) => signer.jwt.sign(claims), random }
   log(`soak: ${durationS} s of load on pid ${server.ready.pid}, port ${server.ready.port}, seed ${seed}, sample every ${sampleMs} ms` +
     (leak.length > 0 ? `, INJECTED LEAK: ${leak.join(', ')}` : ''))
