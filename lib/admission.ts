@@ -5,7 +5,7 @@ import type { Authenticator, AuthResult } from './auth'
 import { negotiateDeflateOffer } from './compression-profiles'
 import { ipKey } from './ip'
 import type { WsManager } from './manager'
-import type { Connection } from './connection'
+import type { Connection, HookRunner } from './connection'
 import { refusalBody, UpgradeRefusal } from './refusal'
 import { kAuth } from './symbols'
 
@@ -19,6 +19,8 @@ export interface AdmissionSettings {
   onUserLimit: 'reject' | 'closeOldest'
   /** The profile's deflate window when compression is on, else null. */
   deflateWindowBits: number | null
+  /** The route's hooks (onRefused). */
+  hooks: HookRunner
 }
 
 type RequestWithAuth = FastifyRequest & { [kAuth]?: AuthResult }
@@ -32,9 +34,9 @@ export type RateLimiter = (request: FastifyRequest) => Promise<RateLimitResult>
 export type CreateRateLimit = (options: { max: number, timeWindow: number, keyGenerator: (request: FastifyRequest) => string }) => RateLimiter
 
 /** Answers an upgrade with a real HTTP status and a JSON body, never by upgrading and closing. */
-export function refuse (manager: WsManager, request: FastifyRequest, reply: FastifyReply, refusal: UpgradeRefusal): FastifyReply {
-  manager.countRefusal(refusal.statusCode)
+export function refuse (manager: WsManager, request: FastifyRequest, reply: FastifyReply, refusal: UpgradeRefusal, hooks: HookRunner): FastifyReply {
   request.log.info({ statusCode: refusal.statusCode, reason: refusal.reason }, 'upgrade rejected')
+  manager.refused(request, refusal.statusCode, refusal.reason, hooks)
   return reply
     .code(refusal.statusCode)
     .headers(refusal.headers)
@@ -56,10 +58,10 @@ export function createAdmissionHook (manager: WsManager, settings: AdmissionSett
   return async function admitUpgrade (request, reply) {
     if (!request.ws) return
     if (manager.shuttingDown) {
-      return refuse(manager, request, reply, new UpgradeRefusal(503, 'Server is shutting down', 'shutting down', { 'retry-after': '1' }))
+      return refuse(manager, request, reply, new UpgradeRefusal(503, 'Server is shutting down', 'shutting down', { 'retry-after': '1' }), settings.hooks)
     }
     if (!settings.originAllowed(request)) {
-      return refuse(manager, request, reply, new UpgradeRefusal(403, 'Origin not allowed', `origin ${String(request.headers.origin).slice(0, 200)}`))
+      return refuse(manager, request, reply, new UpgradeRefusal(403, 'Origin not allowed', `origin ${String(request.headers.origin).slice(0, 200)}`), settings.hooks)
     }
     if (settings.deflateWindowBits !== null) {
       // See lib/compression-profiles.ts: a client asking for a smaller window is accepted with
@@ -73,7 +75,7 @@ export function createAdmissionHook (manager: WsManager, settings: AdmissionSett
     }
     if (settings.authenticator !== null) {
       const result = await settings.authenticator.authenticate(request)
-      if (result instanceof UpgradeRefusal) return refuse(manager, request, reply, result)
+      if (result instanceof UpgradeRefusal) return refuse(manager, request, reply, result, settings.hooks)
       // request.user was set by @fastify/jwt (formatUser applied); the claims go to the connection.
       ;(request as RequestWithAuth)[kAuth] = result
     }
@@ -83,7 +85,7 @@ export function createAdmissionHook (manager: WsManager, settings: AdmissionSett
       if (!verdict.isAllowed && (verdict.isExceeded === true || verdict.isBanned === true)) {
         return refuse(manager, request, reply, new UpgradeRefusal(429, 'Too many connection attempts', 'upgrade rate limit', {
           'retry-after': String(verdict.ttlInSeconds ?? 1)
-        }))
+        }), settings.hooks)
       }
     }
   }
@@ -121,7 +123,7 @@ export function createCapsHook (manager: WsManager, settings: AdmissionSettings)
     if (!request.ws) return done()
     const refusal = capsExceeded(manager, settings, request)
     if (refusal !== null) {
-      refuse(manager, request, reply, refusal)
+      refuse(manager, request, reply, refusal, settings.hooks)
       return
     }
     done()

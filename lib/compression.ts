@@ -4,6 +4,9 @@
 
 import type { IncomingMessage } from 'node:http'
 import type WebSocket from 'ws'
+// Named, not `WebSocket.Server`: a bundler-resolution consumer reads ws's ESM declarations,
+// whose default export (the WebSocket class) does not carry Server or WebSocket as members.
+import type { Server as WebSocketServer } from 'ws'
 import { COMPRESSION_PROFILES, checkSettings, perMessageDeflateOptions, resolveCompressionProfile, type CompressionSettings } from './compression-profiles'
 import type { WarnLogger } from './frame-size'
 import { formatBytes } from './frame-size'
@@ -220,8 +223,8 @@ export class CompressionManager {
    * open keep what they negotiated). With `track` (the default) every new connection is also
    * tracked; a server is hooked once however often this is called.
    */
-  configureServer<T extends typeof WebSocket.WebSocket, U extends typeof IncomingMessage> (
-    wss: WebSocket.Server<T, U>, options: { track?: boolean } = {}): void {
+  configureServer<T extends typeof WebSocket, U extends typeof IncomingMessage> (
+    wss: WebSocketServer<T, U>, options: { track?: boolean } = {}): void {
     wss.options.perMessageDeflate = this.getCompressionOptions()
     if (options.track !== false && !this.#servers.has(wss)) {
       this.#servers.add(wss)

@@ -17,7 +17,11 @@ import { CloseCode } from './errors'
 import type { HeartbeatSettings } from './heartbeat-settings'
 import { transportOf } from './internals'
 import type { Bucket } from './message-limits'
+import { MessageIterator } from './iteration'
 import { kSocketClose, kSocketSend, kSocketTerminate } from './symbols'
+
+// Internal signatures take a connection whatever its application data.
+type AnyConnection = Connection<any>
 
 /** Where a connection is in its life. */
 export type ConnectionState = 'open' | 'closing' | 'closed'
@@ -30,7 +34,7 @@ type SendCallback = (err?: Error) => void
 /** What a connection needs of its socket beyond ws's API: ws's own send, close and terminate (lib/socket.ts). */
 export interface ManagedSocket extends WebSocket {
   /** The connection this socket belongs to. */
-  readonly connection: Connection | null
+  readonly connection: AnyConnection | null
   /** Who started the close, or null while the socket is open. */
   readonly closeInitiator: CloseInitiator | null
   /** The code of the close frame this side sent, or null before any. */
@@ -43,9 +47,9 @@ export interface ManagedSocket extends WebSocket {
 /** What runs for every data message and ping a connection receives; see lib/pipeline.ts. */
 export interface MessageHook {
   /** Returns false to stop the message here (dropped or consumed). */
-  onMessage (connection: Connection, data: WebSocket.RawData, isBinary: boolean, size: number): boolean
+  onMessage (connection: AnyConnection, data: WebSocket.RawData, isBinary: boolean, size: number): boolean
   /** Returns false when the ping must not be answered. */
-  onPing (connection: Connection): boolean
+  onPing (connection: AnyConnection): boolean
 }
 
 /** Settings shared by every connection of one route; one object per route, not per connection. */
@@ -59,6 +63,30 @@ export interface RouteSettings {
   idleTimeout: number
   /** Run for every received data message and ping. */
   messageHook: MessageHook
+  /** The lifecycle hooks of the route (the plugin's, then its own); see lib/hooks.ts. */
+  hooks: HookRunner
+}
+
+/** What onClose hooks and the close channel learn of a closed connection. */
+export interface CloseInfo {
+  /** The close code as ws reports it (1006 when no close frame came back). */
+  code: number
+  reason: string
+  /** The code of the close frame the server sent, or null. */
+  sentCode: number | null
+  initiatedBy: CloseInitiator
+  durationMs: number
+  messagesIn: number
+  messagesOut: number
+  bytesIn: number
+  bytesOut: number
+  messagesDropped: number
+}
+
+/** Runs a route's lifecycle hooks (lib/hooks.ts). */
+export interface HookRunner {
+  has (name: 'onConnection' | 'onMessage' | 'onClose' | 'onRefused'): boolean
+  run (name: 'onConnection' | 'onMessage' | 'onClose' | 'onRefused', args: unknown[]): Promise<void> | null
 }
 
 /** What the plugin gives a connection so it can report its own end. */
@@ -70,9 +98,9 @@ export interface ConnectionHost {
   /** Compression statistics. */
   readonly compression: CompressionManager
   /** Called once, when the connection stops being open (closing or closed). */
-  connectionLeftOpen (connection: Connection): void
+  connectionLeftOpen (connection: AnyConnection): void
   /** Called once, when the socket has closed, to drop the connection from the registry. */
-  connectionClosed (connection: Connection): void
+  connectionClosed (connection: AnyConnection, info: CloseInfo): void
 }
 
 /** What a connection is created from; nothing here keeps the request alive. */
@@ -114,13 +142,17 @@ interface PendingClose {
 // queued for compression drain without one).
 const DRAIN_POLL_MS = 50
 const EMPTY = Buffer.alloc(0)
+// Reasons for holding a connection's input (holdInput); HOLD_ITERATOR is iteration.ts's.
+const HOLD_RATE = 1
+/** @internal While onConnection hooks run. */
+export const HOLD_HOOKS = 4
 
 /**
  * One accepted WebSocket under management: identity, counters, sending and its way out.
  * Created by the plugin for every socket of a `{ websocket: true }` route and given to the
  * handler as `request.wsConnection`.
  */
-export class Connection {
+export class Connection<Data extends object = Record<string, unknown>> {
   /** Unique id (a UUID, so ids from several servers never clash). */
   readonly id: string
   /** The authenticated user's id, or null when the route is not authenticated. */
@@ -174,6 +206,8 @@ export class Connection {
   #drainTimer: NodeJS.Timeout | null = null
   #expiryTimer: NodeJS.Timeout | null = null
   #pauseTimer: NodeJS.Timeout | null = null
+  #holds = 0
+  #data: Data | undefined = undefined
 
   constructor (host: ConnectionHost, init: ConnectionInit) {
     this.#host = host
@@ -278,7 +312,7 @@ export class Connection {
   }
 
   /** @internal Runs `onExpired` at `closeAt`; the timer goes with the connection. */
-  expireAt (onExpired: (connection: Connection) => void): void {
+  expireAt (onExpired: (connection: AnyConnection) => void): void {
     // setTimeout takes at most 2^31-1 ms; a later expiry is re-armed when that fires.
     const delay = Math.min(Math.max(0, this.closeAt - Date.now()), 2_147_483_647)
     this.#expiryTimer = setTimeout(() => {
@@ -399,14 +433,54 @@ export class Connection {
    */
   pauseInput (ms: number): void {
     if (this.#pauseTimer !== null || this.#state !== 'open') return
-    this.socket.pause()
+    this.holdInput(HOLD_RATE)
     // One function for every connection: no closure per connection.
     this.#pauseTimer = setTimeout(Connection.#resumeInput, ms, this)
   }
 
-  static #resumeInput (connection: Connection): void {
+  static #resumeInput (connection: AnyConnection): void {
     connection.#pauseTimer = null
-    if (connection.socket.readyState === 1) connection.socket.resume()
+    connection.releaseInput(HOLD_RATE)
+  }
+
+  /**
+   * @internal Stops reading from the peer for one reason (a bit: the rate limit, the message
+   * iterator, an onConnection hook); the socket is read again once no reason holds it.
+   */
+  holdInput (reason: number): void {
+    if (this.#state !== 'open') return
+    const before = this.#holds
+    this.#holds |= reason
+    if (before === 0 && this.socket.readyState === 1) this.socket.pause()
+  }
+
+  /** @internal Takes back one {@link holdInput} reason. */
+  releaseInput (reason: number): void {
+    if ((this.#holds & reason) === 0) return
+    this.#holds &= ~reason
+    if (this.#holds === 0 && this.socket.readyState === 1) this.socket.resume()
+  }
+
+  /**
+   * The application's own state for this connection, typed by `Connection<Data>`: set it in
+   * the handler or an onConnection hook (`connection.data.roomId = ...`), or start it with the
+   * `connectionData` option. Created on first use; it goes with the connection.
+   */
+  get data (): Data {
+    return (this.#data ??= {} as Data)
+  }
+
+  set data (value: Data) {
+    this.#data = value
+  }
+
+  /**
+   * The connection's messages, in order, for `for await (const { data, isBinary } of connection)`.
+   * While the loop body runs, the socket is not read, so a slow consumer slows its client; the
+   * loop ends when the connection closes (after the messages already read), or on `break`.
+   */
+  [Symbol.asyncIterator] (): MessageIterator {
+    return new MessageIterator(this)
   }
 
   /** @internal A listener the application attached to the socket threw. */
@@ -434,8 +508,7 @@ export class Connection {
       pending.resolve({ code: pending.code, reason: pending.reason, clean, durationMs: Math.round(performance.now() - pending.started) })
     }
     this.#flushWaiting()
-    this.#host.connectionClosed(this)
-    this.log.info({
+    const info: CloseInfo = {
       code,
       reason: reason.length > 0 ? reason.toString() : '',
       // What the server sent (1009, 1013, ...), also when the peer never answered and ws
@@ -448,7 +521,9 @@ export class Connection {
       bytesIn: this.bytesIn,
       bytesOut: this.bytesOut,
       messagesDropped: this.messagesDropped
-    }, 'connection closed')
+    }
+    this.log.info(info, 'connection closed')
+    this.#host.connectionClosed(this, info)
   }
 
   #leaveOpen (next: 'closing' | 'closed'): void {
@@ -469,6 +544,11 @@ export class Connection {
     this.#close = pending
     this.#host.closer.began()
     this.#leaveOpen('closing')
+    // The peer's close frame must be read; nothing else read from now on is handled.
+    if (this.#holds !== 0) {
+      this.#holds = 0
+      if (this.socket.readyState === 1) this.socket.resume()
+    }
     return pending
   }
 

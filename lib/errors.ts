@@ -62,6 +62,9 @@ export const errors = {
   /** A call got an argument out of range (a close reason that is not a string, a timeout that is not a positive integer). */
   FST_WSM_ARGUMENT_INVALID: createError<[string, string]>(
     'FST_WSM_ARGUMENT_INVALID', 'Invalid argument "%s": %s', 500, TypeError),
+  /** A lifecycle hook was added with an unknown name or without a function. */
+  FST_WSM_HOOK_INVALID: createError<[string, string]>(
+    'FST_WSM_HOOK_INVALID', 'Invalid fastify-ws-manager hook "%s": %s', 500, TypeError),
   /** A close was asked for with a code that RFC 6455 does not allow in a close frame. */
   FST_WSM_CLOSE_CODE_INVALID: createError<[string]>(
     'FST_WSM_CLOSE_CODE_INVALID',

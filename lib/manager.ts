@@ -4,10 +4,12 @@ import type { AuthResult } from './auth'
 import type WebSocket from 'ws'
 import { checkCloseRequest, GracefulCloseManager, type CloseRequest, type CloseResult, type CloseStats } from './close'
 import { CompressionManager, type CompressionStats } from './compression'
-import { Connection, type ConnectionHost, type RouteSettings } from './connection'
+import { Connection, type CloseInfo, type ConnectionHost, type HookRunner, type RouteSettings } from './connection'
 import { DeliveryCounters, prepare, type DeliveryStats, type Sendable } from './delivery'
 import { CloseCode } from './errors'
+import { channels } from './diagnostics'
 import { FrameSizeValidator, type FrameSizeStats } from './frame-size'
+import { HookSet, type HookName, type HookTypes } from './hooks'
 import { HeartbeatManager, type HeartbeatManagerStats, type HeartbeatStats } from './heartbeat'
 import { ipKey } from './ip'
 import { MessageRateLimiter, type MessageLimitStats } from './message-limits'
@@ -105,6 +107,8 @@ export class WsManager implements ConnectionHost {
   readonly compression: CompressionManager
   /** Backpressure counters. */
   readonly delivery = new DeliveryCounters()
+  /** The hooks added with addHook(), for every route. */
+  readonly hooks = new HookSet()
   /** Per-user message rate limiting, or null when off. */
   readonly messageLimiter: MessageRateLimiter | null
   /** The validated options in force. */
@@ -268,7 +272,7 @@ export class WsManager implements ConnectionHost {
   }
 
   /** @internal Builds the settings shared by every connection of one route. */
-  routeSettings (config: ResolvedRouteConfig, router: MessageRouter | null): RouteSettings {
+  routeSettings (config: ResolvedRouteConfig, router: MessageRouter | null, hooks: HookRunner): RouteSettings {
     if (config.idleTimeout > 0) {
       this.#sweepNeeded = true
       this.#sweepMs = Math.max(10, Math.min(this.#sweepMs, Math.floor(config.idleTimeout / 4)))
@@ -288,7 +292,8 @@ export class WsManager implements ConnectionHost {
       compressThreshold: compression === null ? -1 : compression.settings.threshold,
       heartbeat,
       idleTimeout: config.idleTimeout,
-      messageHook: new InboundPipeline(this.frames, compression, this.messageLimiter, router, this.options.close.timeout)
+      messageHook: new InboundPipeline(this.frames, compression, this.messageLimiter, router, this.options.close.timeout, hooks),
+      hooks
     }
   }
 
@@ -313,6 +318,7 @@ export class WsManager implements ConnectionHost {
       // Without auth the bucket is the IP's: one client cannot dodge it by opening more sockets.
       rateBucket: limiter === null ? null : limiter.acquire(userId, ip, Date.now())
     })
+    if (this.options.connectionData !== null) connection.data = this.options.connectionData(request) as Record<string, unknown>
     socket[kAttach](connection)
     this.#registry.add(connection)
     this.#open++
@@ -376,13 +382,43 @@ export class WsManager implements ConnectionHost {
   }
 
   /** @internal */
-  connectionClosed (connection: Connection): void {
+  connectionClosed (connection: Connection, info: CloseInfo): void {
     if (!this.#registry.delete(connection)) return
     this.#closed++
     this.heartbeat.stopHeartbeat(connection.socket)
     this.compression.untrack(connection.socket)
     if (connection.rateBucket !== null) this.messageLimiter?.release(connection.rateBucket)
     if (this.#registry.size === 0) this.#stopSweep()
+    if (channels.close.hasSubscribers) channels.close.publish({ connection, ...info })
+    const hooks = connection.settings.hooks
+    if (hooks.has('onClose')) this.#runContained(hooks, 'onClose', [connection, info], connection.log)
+  }
+
+  /**
+   * Adds a lifecycle hook for every route: 'onConnection', 'onMessage', 'onClose' or
+   * 'onRefused' (see lib/hooks.ts). A route's own hooks (`config.wsManager.hooks`) run after these.
+   * @throws FST_WSM_HOOK_INVALID for an unknown name or a value that is not a function.
+   */
+  addHook<K extends HookName> (name: K, fn: HookTypes[K]): this {
+    this.hooks.add(name, fn)
+    return this
+  }
+
+  /** @internal Counts, publishes and reports (onRefused) a refused upgrade. */
+  refused (request: FastifyRequest, statusCode: number, reason: string, hooks: HookRunner): void {
+    this.countRefusal(statusCode)
+    if (channels.refused.hasSubscribers) channels.refused.publish({ request, statusCode, reason })
+    if (hooks.has('onRefused')) this.#runContained(hooks, 'onRefused', [request, { statusCode, reason }], request.log)
+  }
+
+  // onClose and onRefused: the connection or the request is past helping; an error is logged.
+  #runContained (hooks: HookRunner, name: HookName, args: unknown[], log: FastifyBaseLogger): void {
+    const fail = (err: unknown): void => log.error({ err, source: `hook:${name}` }, 'hook failed')
+    try {
+      hooks.run(name, args)?.then(undefined, fail)
+    } catch (err) {
+      fail(err)
+    }
   }
 
   #stopSweep (): void {

@@ -10,7 +10,9 @@ import { resolveFrameSizeProfile, type FrameSizeLimits, type FrameSizeOption } f
 import { HEARTBEAT_DEFAULTS, resolveHeartbeatOptions, type HeartbeatOptions, type HeartbeatSettings, type ResolvedHeartbeatOptions } from './heartbeat-settings'
 import { MESSAGE_RATE_DEFAULTS, resolveMessageRateLimit, type MessageRateLimitOptions } from './message-limits'
 import { resolveOrigins, type OriginPolicy } from './origin'
+import type { RouteHookOptions } from './hooks'
 import type { MessageRoutes } from './router'
+import type { FastifyRequest } from 'fastify'
 import { checkInt, checkOneOf, fail, isPlainObject, section } from './validate'
 
 export { checkInt } from './validate'
@@ -131,6 +133,13 @@ export interface WsManagerOptions {
   messageErrorLimit?: number
   /** ws server options passed through as they are; see {@link WsServerOptions}. @default {} */
   ws?: WsServerOptions
+  /**
+   * Makes each connection's `data` when it is accepted, before onConnection hooks and the
+   * handler run: `(request) => ({ roomId: request.params.room })`. Without it `data` starts
+   * as an empty object on first use.
+   * @default null
+   */
+  connectionData?: ((request: FastifyRequest) => object) | null
 }
 
 /** Per-route settings, as `config: { wsManager: { ... } }` on a `{ websocket: true }` route. */
@@ -149,6 +158,8 @@ export interface RouteWsManagerConfig {
   messages?: MessageRoutes
   /** Consecutive router errors before the close. */
   messageErrorLimit?: number
+  /** Lifecycle hooks of this route, after the plugin's (`fastify.wsManager.addHook()`). */
+  hooks?: RouteHookOptions
 }
 
 /** The options after defaults were applied and every value was validated. */
@@ -170,6 +181,7 @@ export interface ResolvedOptions {
   backpressure: BackpressureOptions
   messageErrorLimit: number
   ws: Record<string, unknown>
+  connectionData: ((request: FastifyRequest) => object) | null
 }
 
 /** The defaults every option starts from. */
@@ -190,13 +202,14 @@ export const DEFAULTS: Readonly<ResolvedOptions> = Object.freeze({
   compression: Object.freeze(resolveCompressionProfile('disabled')),
   backpressure: BACKPRESSURE_DEFAULTS as BackpressureOptions,
   messageErrorLimit: 10,
-  ws: Object.freeze({})
+  ws: Object.freeze({}),
+  connectionData: null
 })
 
 const TOP_LEVEL_KEYS = ['auth', 'allowedOrigins', 'requireOrigin', 'upgradeRateLimit', 'messageRateLimit', 'maxConnections',
   'maxConnectionsPerIp', 'maxConnectionsPerUser', 'onUserLimit', 'close', 'heartbeat', 'idleTimeout', 'frameSize', 'compression',
-  'backpressure', 'messageErrorLimit', 'ws'] as const
-const ROUTE_KEYS = ['auth', 'upgradeRateLimit', 'heartbeat', 'idleTimeout', 'backpressure', 'messages', 'messageErrorLimit'] as const
+  'backpressure', 'messageErrorLimit', 'ws', 'connectionData'] as const
+const ROUTE_KEYS = ['auth', 'upgradeRateLimit', 'heartbeat', 'idleTimeout', 'backpressure', 'messages', 'messageErrorLimit', 'hooks'] as const
 
 function checkBool (name: string, value: unknown): boolean {
   if (typeof value !== 'boolean') fail(name, `expected true or false, got ${JSON.stringify(value)}`)
@@ -222,6 +235,12 @@ function resolveHeartbeat (input: unknown, name: string): ResolvedHeartbeatOptio
   if (input === false) return false
   if (input === true) return DEFAULTS.heartbeat
   return resolveHeartbeatOptions(input, `${name}.`)
+}
+
+function resolveConnectionData (input: unknown): ((request: FastifyRequest) => object) | null {
+  if (input === undefined || input === null) return null
+  if (typeof input !== 'function') fail('connectionData', 'expected a function (request) => object, or null')
+  return input as (request: FastifyRequest) => object
 }
 
 function resolveWs (input: unknown): Record<string, unknown> {
@@ -266,7 +285,8 @@ export function normalizeOptions (input: unknown = {}): ResolvedOptions {
     compression: opts.compression === undefined ? { ...DEFAULTS.compression } : resolveCompressionProfile(opts.compression, 'compression'),
     backpressure: resolveBackpressure(opts.backpressure, DEFAULTS.backpressure, 'backpressure'),
     messageErrorLimit: checkInt('messageErrorLimit', opts.messageErrorLimit ?? DEFAULTS.messageErrorLimit, 1, 1_000_000),
-    ws: resolveWs(opts.ws)
+    ws: resolveWs(opts.ws),
+    connectionData: resolveConnectionData(opts.connectionData)
   }
 }
 
@@ -281,6 +301,8 @@ export interface ResolvedRouteConfig {
   backpressure: BackpressureOptions
   messages: MessageRoutes | null
   messageErrorLimit: number
+  /** The route's own hooks, checked when the route's hook set is built. */
+  hooks: RouteHookOptions | undefined
 }
 
 /**
@@ -312,6 +334,7 @@ export function resolveRouteConfig (input: unknown, base: ResolvedOptions, url: 
     idleTimeout: checkInt(`${name}.idleTimeout`, cfg.idleTimeout ?? base.idleTimeout, 0, 2_147_483_647),
     backpressure: resolveBackpressure(cfg.backpressure, base.backpressure, `${name}.backpressure`),
     messages,
-    messageErrorLimit: checkInt(`${name}.messageErrorLimit`, cfg.messageErrorLimit ?? base.messageErrorLimit, 1, 1_000_000)
+    messageErrorLimit: checkInt(`${name}.messageErrorLimit`, cfg.messageErrorLimit ?? base.messageErrorLimit, 1, 1_000_000),
+    hooks: cfg.hooks as RouteHookOptions | undefined
   }
 }

@@ -3,7 +3,8 @@
 // the route's JSON router. One object per route, built at route registration.
 import type WebSocket from 'ws'
 import type { CompressionManager } from './compression'
-import type { Connection, MessageHook } from './connection'
+import type { Connection, HookRunner, MessageHook } from './connection'
+import { channels } from './diagnostics'
 import { CloseCode } from './errors'
 import type { FrameSizeValidator } from './frame-size'
 import type { Bucket, MessageRateLimiter } from './message-limits'
@@ -21,10 +22,12 @@ export class InboundPipeline implements MessageHook {
   readonly #limiter: MessageRateLimiter | null
   readonly #router: MessageRouter | null
   readonly #closeTimeout: number
+  readonly #hooks: HookRunner
 
   constructor (frames: FrameSizeValidator, compression: CompressionManager | null, limiter: MessageRateLimiter | null,
-    router: MessageRouter | null, closeTimeout: number) {
+    router: MessageRouter | null, closeTimeout: number, hooks: HookRunner) {
     this.#closeTimeout = closeTimeout
+    this.#hooks = hooks
     this.#frames = frames
     this.#compression = compression
     this.#limiter = limiter
@@ -36,6 +39,12 @@ export class InboundPipeline implements MessageHook {
     if (!this.#allowed(connection, connection.lastActivityAt)) return false
     // After the rate check, so a flood cannot turn into a flood of size warnings.
     this.#frames.observe(size, connection.userId, connection.id)
+    if (channels.message.hasSubscribers) channels.message.publish({ connection, data, isBinary })
+    if (this.#hooks.has('onMessage')) {
+      // A throw is the socket emit's to contain (1011); a rejection is handled here the same way.
+      this.#hooks.run('onMessage', [connection, data, isBinary])?.then(undefined, (err: unknown) => connection.fail(err, 'hook:onMessage'))
+      if (connection.state !== 'open') return false
+    }
     return this.#router === null || this.#router.onMessage(connection, data, isBinary)
   }
 

@@ -12,7 +12,9 @@ import {
 } from './admission'
 import { Authenticator } from './auth'
 import { isCompressionError, perMessageDeflateOptions } from './compression-profiles'
-import type { RouteSettings } from './connection'
+import { HOLD_HOOKS, type Connection, type RouteSettings } from './connection'
+import { channels } from './diagnostics'
+import { RouteHooks } from './hooks'
 import { errors } from './errors'
 import { isFrameSizeError } from './frame-size'
 import { createProtocolSelector, onClientError } from './handshake'
@@ -132,7 +134,7 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
       const over = capsExceeded(manager, admission, request)
       if (over !== null) {
         request.log.info({ reason: over.reason }, 'connection refused after upgrade')
-        manager.countRefusal(over.statusCode)
+        manager.refused(request, over.statusCode, over.reason, settings.hooks)
         socket.close(1013, 'Try again later')
         return
       }
@@ -155,16 +157,39 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
       // 'closeOldest' makes room only once the new connection exists, so a request that ws
       // then refused (a bad handshake) cannot cost the user a connection.
       if (admission.onUserLimit === 'closeOldest') evictOldest(manager, connection, admission.maxConnectionsPerUser)
-      let result
+      if (channels.connection.hasSubscribers) channels.connection.publish({ connection, request })
+      const app = this
+      const run = (): void => runHandler(handler, app, socket, request, connection)
+      if (!settings.hooks.has('onConnection')) return run()
+      let pending
       try {
-        result = handler.call(this, socket, request)
+        pending = settings.hooks.run('onConnection', [connection, request])
       } catch (err) {
-        connection.fail(err, 'handler')
+        connection.fail(err, 'hook:onConnection')
         return
       }
-      if (result !== undefined && result !== null && typeof result.then === 'function') {
-        result.then(undefined, (err: unknown) => connection.fail(err, 'handler'))
-      }
+      if (pending === null) return run()
+      // Nothing is read from the peer until the hooks are done and the handler has attached
+      // its listeners, so no message goes by unseen.
+      connection.holdInput(HOLD_HOOKS)
+      pending.then(() => {
+        if (connection.state !== 'open') return
+        run()
+        connection.releaseInput(HOLD_HOOKS)
+      }, (err: unknown) => connection.fail(err, 'hook:onConnection'))
+    }
+  }
+
+  function runHandler (handler: WebsocketHandler, app: FastifyInstance, socket: WebSocket, request: FastifyRequest, connection: Connection): void {
+    let result
+    try {
+      result = handler.call(app, socket, request)
+    } catch (err) {
+      connection.fail(err, 'handler')
+      return
+    }
+    if (result !== undefined && result !== null && typeof result.then === 'function') {
+      result.then(undefined, (err: unknown) => connection.fail(err, 'handler'))
     }
   }
 
@@ -185,7 +210,7 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
     const router = config.messages === null
       ? null
       : new MessageRouter(config.messages, config.messageErrorLimit, ajv, `config.wsManager.messages (route ${route})`)
-    const settings = manager.routeSettings(config, router)
+    const settings = manager.routeSettings(config, router, new RouteHooks(manager.hooks, config.hooks, `config.wsManager.hooks (route ${route})`))
     const admission: AdmissionSettings = {
       get authenticator () { return config.auth ? authenticator : null },
       originAllowed,
@@ -193,7 +218,8 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
       maxConnectionsPerIp: options.maxConnectionsPerIp,
       maxConnectionsPerUser: options.maxConnectionsPerUser,
       onUserLimit: options.onUserLimit,
-      deflateWindowBits: options.compression.enabled ? options.compression.serverMaxWindowBits : null
+      deflateWindowBits: options.compression.enabled ? options.compression.serverMaxWindowBits : null,
+      hooks: settings.hooks
     }
     if (routeOptions.websocket === true) {
       routeOptions.handler = wrap(routeOptions.handler as unknown as WebsocketHandler, route, settings, admission) as unknown as RouteOptions['handler']
@@ -224,8 +250,9 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
     }
   }
 
+  const pluginHooks = new RouteHooks(manager.hooks, undefined, 'hooks')
   async function refuseUnmanagedUpgrade (request: FastifyRequest, reply: FastifyReply): Promise<void> {
-    if (request.ws) refuse(manager, request, reply, new UpgradeRefusal(404, 'Not a WebSocket route', 'not a websocket route'))
+    if (request.ws) refuse(manager, request, reply, new UpgradeRefusal(404, 'Not a WebSocket route', 'not a websocket route'), pluginHooks)
   }
 
   const upgradeListenersBefore = new Set(listenServer.listeners('upgrade'))
