@@ -38,7 +38,8 @@ export async function buildServer (config: ServerConfig, demo: DemoOptions = {})
   interface Whisper { type: 'whisper', to: string, text: string }
   const text = { type: 'string', minLength: 1, maxLength: 2000 }
 
-  app.get(config.path, {
+  // WsData types connection.data and makes request.wsConnection non-null in the handler.
+  app.get<{ WsData: Record<string, never> }>(config.path, {
     websocket: true,
     config: {
       wsManager: {
@@ -67,7 +68,7 @@ export async function buildServer (config: ServerConfig, demo: DemoOptions = {})
       }
     }
   }, (socket, request) => {
-    const connection = request.wsConnection as Connection
+    const connection = request.wsConnection
     connection.send({ type: 'welcome', connectionId: connection.id, userId: connection.userId })
     // Binary messages pass the router untouched: echo them.
     socket.on('message', (data, isBinary) => {

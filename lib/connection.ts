@@ -8,7 +8,7 @@
 // - write(): every data message that reaches the wire goes through here, the application's
 //   raw socket.send() included: the 'close' and 'drop' policies, counters, the compression
 //   threshold; then ws's own send (kSocketSend).
-import type { FastifyBaseLogger } from 'fastify'
+import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type WebSocket from 'ws'
 import { checkCloseRequest, TERMINATE_GRACE_MS, type CloseResult, type GracefulCloseManager } from './close'
 import type { CompressionConnectionStats, CompressionManager } from './compression'
@@ -21,7 +21,14 @@ import { MessageIterator } from './iteration'
 import { kSocketClose, kSocketSend, kSocketTerminate } from './symbols'
 
 // Internal signatures take a connection whatever its application data.
-type AnyConnection = Connection<any>
+type AnyConnection = Connection<any, any>
+
+/**
+ * The type of `request.user` where @fastify/jwt declares one (its `FastifyJWT` user type), else
+ * an object of claims; read without importing @fastify/jwt, which applications without auth
+ * need not install.
+ */
+export type JwtUser = FastifyRequest extends { user: infer U } ? U : Record<string, unknown>
 
 /** Where a connection is in its life. */
 export type ConnectionState = 'open' | 'closing' | 'closed'
@@ -152,13 +159,17 @@ export const HOLD_HOOKS = 4
  * Created by the plugin for every socket of a `{ websocket: true }` route and given to the
  * handler as `request.wsConnection`.
  */
-export class Connection<Data extends object = Record<string, unknown>> {
+export class Connection<Data extends object = Record<string, unknown>, User = JwtUser> {
   /** Unique id (a UUID, so ids from several servers never clash). */
   readonly id: string
   /** The authenticated user's id, or null when the route is not authenticated. */
   readonly userId: string | null
-  /** What @fastify/jwt's verification returned (the claims), or null when the route is not authenticated. */
-  readonly user: Record<string, unknown> | null
+  /**
+   * What @fastify/jwt's verification returned (the claims, or formatUser's value), or null when
+   * the route is not authenticated. Typed as @fastify/jwt's `request.user` (its `FastifyJWT`
+   * user type, where the application declares one).
+   */
+  readonly user: User | null
   /** The route's URL pattern, e.g. `/rooms/:id`. */
   readonly route: string
   /** The peer's IP address as Fastify saw it (trustProxy applies). */
@@ -217,7 +228,7 @@ export class Connection<Data extends object = Record<string, unknown>> {
     this.remoteAddress = init.remoteAddress
     this.ipKey = init.ipKey
     this.userId = init.userId
-    this.user = init.user
+    this.user = init.user as User | null
     this.log = init.log
     this.settings = init.settings
     this.closeAt = init.closeAt
