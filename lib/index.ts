@@ -27,6 +27,8 @@ export type { CompressionOption, CompressionProfileName, CompressionSettings } f
 export { payloadSize } from './delivery'
 export type { BackpressureOptions, BackpressurePolicy, DeliveryStats, Sendable, SendOptions, SendResult } from './delivery'
 export { MessageRouter } from './router'
+export { defineMessage, defineMessages } from './messages'
+export type { MessageClient, MessageDefinition, MessageOf, ReplyOf, SchemaType } from './messages'
 export type { MessageRoute, MessageRoutes, RouterErrorCode } from './router'
 export type { AuthInput, AuthOptions, AuthResult } from './auth'
 export type { FailureLimitOptions } from './auth-failures'

@@ -2,7 +2,8 @@ import { test, type TestContext } from 'node:test'
 import assert from 'node:assert/strict'
 import type { FastifyInstance } from 'fastify'
 import type WebSocket from 'ws'
-import type { Connection } from '../lib/index'
+import { Type } from '@sinclair/typebox'
+import { defineMessage, defineMessages, type Connection } from '../lib/index'
 import { build, closed, connect, listen, logCapture, nextMessage, waitFor } from './helper'
 
 interface Add { type: 'add', a: number, b: number }
@@ -137,4 +138,22 @@ test('a route whose messages are badly declared fails at registration with FST_W
       app.get('/bad', { websocket: true, config: { wsManager: { messages } } } as never, () => {})
     }, { code: 'FST_WSM_OPTION_INVALID' }, JSON.stringify(messages))
   }
+})
+
+test('defineMessages with a TypeBox schema: ajv checks it at run time, the handler gets the typed message', async (t) => {
+  const messages = defineMessages({
+    mul: defineMessage({
+      schema: Type.Object({ type: Type.Literal('mul'), a: Type.Number(), b: Type.Number() }),
+      reply: Type.Object({ type: Type.Literal('product'), value: Type.Number() }),
+      handler: (message) => ({ type: 'product' as const, value: message.a * message.b })
+    })
+  })
+  const app = await build(t, { auth: false, upgradeRateLimit: false })
+  app.get('/typed', { websocket: true, config: { wsManager: { messages } } }, () => {})
+  const url = await listen(app)
+  const client = await connect(t, `${url}/typed`)
+  client.send(JSON.stringify({ type: 'mul', a: 6, b: 7 }))
+  assert.deepEqual(JSON.parse(await nextMessage(client)), { type: 'product', value: 42 })
+  client.send(JSON.stringify({ type: 'mul', a: 'six', b: 7 }))
+  assert.equal(JSON.parse(await nextMessage(client)).code, 'INVALID_MESSAGE')
 })
