@@ -104,6 +104,8 @@ export interface ConnectionHost {
   readonly delivery: DeliveryCounters
   /** Compression statistics. */
   readonly compression: CompressionManager
+  /** The application holds the connection's input (true) or let go of it (false): suspend or resume its heartbeat. */
+  heartbeatSuspended (connection: AnyConnection, suspended: boolean): void
   /** Called once, when the connection stops being open (closing or closed). */
   connectionLeftOpen (connection: AnyConnection): void
   /** Called once, when the socket has closed, to drop the connection from the registry. */
@@ -218,6 +220,7 @@ export class Connection<Data extends object = Record<string, unknown>, User = Jw
   #expiryTimer: NodeJS.Timeout | null = null
   #pauseTimer: NodeJS.Timeout | null = null
   #holds = 0
+  #appHolds = 0
   #data: Data | undefined = undefined
 
   constructor (host: ConnectionHost, init: ConnectionInit) {
@@ -455,21 +458,34 @@ export class Connection<Data extends object = Record<string, unknown>, User = Jw
   }
 
   /**
-   * @internal Stops reading from the peer for one reason (a bit: the rate limit, the message
-   * iterator, an onConnection hook); the socket is read again once no reason holds it.
+   * @internal Stops reading from the peer for one holder (the rate limit, an onConnection
+   * hook, each message iterator); the socket is read again once no holder is left. While the
+   * application holds it (not the rate limit), the heartbeat is suspended: the peer's pongs
+   * wait unread behind its messages, and a busy consumer must not get a live client declared
+   * dead. The idle timeout still applies.
    */
   holdInput (reason: number): void {
     if (this.#state !== 'open') return
     const before = this.#holds
-    this.#holds |= reason
+    this.#holds++
+    if (reason !== HOLD_RATE && this.#appHolds++ === 0) this.#host.heartbeatSuspended(this, true)
     if (before === 0 && this.socket.readyState === 1) this.socket.pause()
   }
 
-  /** @internal Takes back one {@link holdInput} reason. */
+  /** @internal Takes back one {@link holdInput}. */
   releaseInput (reason: number): void {
-    if ((this.#holds & reason) === 0) return
-    this.#holds &= ~reason
-    if (this.#holds === 0 && this.socket.readyState === 1) this.socket.resume()
+    if (this.#holds === 0) return
+    this.#holds--
+    if (reason !== HOLD_RATE && this.#appHolds > 0 && --this.#appHolds === 0 && this.#state === 'open') this.#host.heartbeatSuspended(this, false)
+    if (this.#holds === 0 && this.socket.readyState <= 2) this.socket.resume()
+  }
+
+  // The peer's close frame must be read: every hold ends once the connection stops being open.
+  #releaseAllInput (): void {
+    if (this.#holds === 0) return
+    this.#holds = 0
+    this.#appHolds = 0
+    if (this.socket.readyState <= 2) this.socket.resume()
   }
 
   /**
@@ -491,7 +507,12 @@ export class Connection<Data extends object = Record<string, unknown>, User = Jw
    * loop ends when the connection closes (after the messages already read), or on `break`.
    */
   [Symbol.asyncIterator] (): MessageIterator {
-    return new MessageIterator(this)
+    return new MessageIterator(this, this.settings.backpressure.maxQueued)
+  }
+
+  /** @internal A message iterator's queue passed its bound. */
+  overflowed (queuedBytes: number): void {
+    this.#slowConsumer(queuedBytes)
   }
 
   /** @internal A listener the application attached to the socket threw. */
@@ -540,7 +561,10 @@ export class Connection<Data extends object = Record<string, unknown>, User = Jw
   #leaveOpen (next: 'closing' | 'closed'): void {
     const wasOpen = this.#state === 'open'
     this.#state = next
-    if (wasOpen) this.#host.connectionLeftOpen(this)
+    if (!wasOpen) return
+    // Nothing read from now on is handled, but the peer's close frame must be read.
+    this.#releaseAllInput()
+    this.#host.connectionLeftOpen(this)
   }
 
   #closedResult (code: number, reason: string): CloseResult {
@@ -555,11 +579,6 @@ export class Connection<Data extends object = Record<string, unknown>, User = Jw
     this.#close = pending
     this.#host.closer.began()
     this.#leaveOpen('closing')
-    // The peer's close frame must be read; nothing else read from now on is handled.
-    if (this.#holds !== 0) {
-      this.#holds = 0
-      if (this.socket.readyState === 1) this.socket.resume()
-    }
     return pending
   }
 

@@ -59,6 +59,10 @@ export class HookSet {
   add<K extends HookName> (name: K, fn: HookTypes[K]): void {
     if (!NAMES.includes(name)) throw new errors.FST_WSM_HOOK_INVALID(String(name), `unknown hook; known: ${NAMES.join(', ')}`)
     if (typeof fn !== 'function') throw new errors.FST_WSM_HOOK_INVALID(name, 'expected a function')
+    // As Fastify: an async function that also takes `done` would have its rejection lost.
+    if (fn.constructor.name === 'AsyncFunction' && fn.length > ARITY[name]) {
+      throw new errors.FST_WSM_HOOK_INVALID(name, 'an async hook must not take a done callback too')
+    }
     ;(this[name] as Array<HookTypes[K]>).push(fn)
   }
 }
@@ -124,9 +128,16 @@ export type RouteHookOptions = { [K in HookName]?: HookTypes[K] | Array<HookType
  */
 export function callHook (fn: AnyHook, name: HookName, args: unknown[]): Promise<void> | null {
   if (fn.length > ARITY[name]) {
-    return new Promise((resolve, reject) => {
-      fn(...args, (err?: Error | null) => { if (err !== undefined && err !== null) reject(err); else resolve() })
+    let returned: unknown
+    const done = new Promise<void>((resolve, reject) => {
+      returned = fn(...args, (err?: Error | null) => { if (err !== undefined && err !== null) reject(err); else resolve() })
     })
+    // A function that takes done and returns a promise as well finishes when both have, and
+    // either one's error is its error.
+    if (returned !== null && typeof returned === 'object' && typeof (returned as PromiseLike<unknown>).then === 'function') {
+      return Promise.all([done, returned as PromiseLike<unknown>]).then(noop)
+    }
+    return done
   }
   const result = fn(...args)
   if (result !== null && typeof result === 'object' && typeof (result as PromiseLike<unknown>).then === 'function') {

@@ -6,7 +6,7 @@ import { checkCloseRequest, GracefulCloseManager, type CloseRequest, type CloseR
 import { CompressionManager, type CompressionStats } from './compression'
 import { Connection, type CloseInfo, type ConnectionHost, type HookRunner, type RouteSettings } from './connection'
 import { DeliveryCounters, prepare, type DeliveryStats, type Sendable } from './delivery'
-import { CloseCode } from './errors'
+import { CloseCode, errors } from './errors'
 import { channels } from './diagnostics'
 import { FrameSizeValidator, type FrameSizeStats } from './frame-size'
 import { HookSet, type HookName, type HookTypes } from './hooks'
@@ -300,6 +300,11 @@ export class WsManager implements ConnectionHost {
   /** @internal Turns an upgraded socket into a managed connection, registered and logged. */
   accept (socket: ManagedWebSocket, request: FastifyRequest, route: string, settings: RouteSettings): Connection {
     const id = randomUUID()
+    // The application's data first: a throw here leaves nothing taken (no bucket, no entry).
+    const data = this.options.connectionData === null ? undefined : this.options.connectionData(request)
+    if (data !== undefined && (typeof data !== 'object' || data === null || typeof (data as PromiseLike<unknown>).then === 'function')) {
+      throw new errors.FST_WSM_ARGUMENT_INVALID('connectionData', 'expected the function to return an object (not a promise)')
+    }
     const auth = (request as FastifyRequest & { [kAuth]?: AuthResult })[kAuth]
     const userId = auth === undefined ? null : auth.userId
     const limiter = this.messageLimiter
@@ -318,7 +323,7 @@ export class WsManager implements ConnectionHost {
       // Without auth the bucket is the IP's: one client cannot dodge it by opening more sockets.
       rateBucket: limiter === null ? null : limiter.acquire(userId, ip, Date.now())
     })
-    if (this.options.connectionData !== null) connection.data = this.options.connectionData(request) as Record<string, unknown>
+    if (data !== undefined) connection.data = data as Record<string, unknown>
     socket[kAttach](connection)
     this.#registry.add(connection)
     this.#open++
@@ -372,6 +377,14 @@ export class WsManager implements ConnectionHost {
     await this.closeAll().catch((err: unknown) => this.#log.error({ err }, 'shutdown close failed'))
     this.heartbeat.stopAll()
     this.#stopSweep()
+  }
+
+  /** @internal */
+  heartbeatSuspended (connection: Connection, suspended: boolean): void {
+    const settings = connection.settings.heartbeat
+    if (settings === false) return
+    if (suspended) this.heartbeat.stopHeartbeat(connection.socket)
+    else this.heartbeat.startHeartbeat(connection.socket as ManagedWebSocket, this.#onHeartbeatTimeout, settings)
   }
 
   /** @internal */

@@ -139,7 +139,7 @@ export interface WsManagerOptions {
    * as an empty object on first use.
    * @default null
    */
-  connectionData?: ((request: FastifyRequest) => object) | null
+  connectionData?: ((request: FastifyRequest) => object & { then?: never }) | null
 }
 
 /** Per-route settings, as `config: { wsManager: { ... } }` on a `{ websocket: true }` route. */

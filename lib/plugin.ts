@@ -168,7 +168,11 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
         connection.fail(err, 'hook:onConnection')
         return
       }
-      if (pending === null) return run()
+      // A hook may have closed the connection (or had it closed); the handler then does not run.
+      if (pending === null) {
+        if (connection.state === 'open') run()
+        return
+      }
       // Nothing is read from the peer until the hooks are done and the handler has attached
       // its listeners, so no message goes by unseen.
       connection.holdInput(HOLD_HOOKS)

@@ -200,3 +200,87 @@ test('diagnostics channels carry the connection id: connection, message, close, 
   await attempt(t, `${url}/ws`)
   assert.deepEqual(events, [['connection', id], ['message', id], ['close', id], ['refused', '403']])
 })
+
+test('review: an async hook that also takes done is refused; a done-style hook whose promise rejects is contained', async (t) => {
+  const { app, url } = await start(t, {}, (app) => {
+    app.get('/ws', { websocket: true, config: { wsManager: { hooks: { onMessage: ((_c: unknown, data: Buffer, _b: unknown, done: () => void) => { done(); return data.toString() === 'bad' ? Promise.reject(new Error('late')) : undefined }) as never } } } }, () => {})
+  })
+  assert.throws(() => app.wsManager.addHook('onMessage', async (_c, _d, _b, done) => { done() }), (err: Error & { code?: string }) => err.code === 'FST_WSM_HOOK_INVALID')
+  const client = await connect(t, `${url}/ws`)
+  const end = closed(client)
+  client.send('bad')
+  assert.deepEqual(await end, { code: 1011, reason: 'Internal error' })
+})
+
+test('review: while the application holds the input, the heartbeat does not declare a live client dead', async (t) => {
+  let handled = 0
+  const { app, url } = await start(t, { heartbeat: { pingInterval: 100, pongTimeout: 50, maxMissedPongs: 1 } }, (app) => {
+    app.wsManager.addHook('onConnection', async () => { await sleep(600) })
+    app.get('/ws', { websocket: true }, (socket) => { socket.on('message', () => { handled++ }) })
+  })
+  const client = await connect(t, `${url}/ws`)
+  client.send('after the hook')
+  await waitFor(() => handled === 1, 3000, 'handled after the slow hook')
+  assert.equal(app.wsManager.stats().connections.heartbeatClosed, 0)
+  assert.equal(client.readyState, WebSocket.OPEN)
+  // The heartbeat runs again once the hold ended: a client that stops answering is found.
+  ;(client as unknown as { _receiver: { removeAllListeners: (e: string) => void } })._receiver.removeAllListeners('ping')
+  await waitFor(() => app.wsManager.stats().connections.heartbeatClosed === 1, 3000, 'heartbeat back')
+})
+
+test('review: an iterator\'s queued bytes are bounded (1013); nothing queued is handed over after a close began', async (t) => {
+  const seen: number[] = []
+  const { app, url } = await start(t, { backpressure: { maxQueued: 16 * 1024 }, messageRateLimit: false }, (app) => {
+    app.get('/slow', { websocket: true }, async (_socket, request) => {
+      for await (const m of request.wsConnection as Connection) {
+        seen.push((m.data as Buffer).readUInt32BE(0))
+        await sleep(300)
+      }
+    })
+  })
+  const client = await connect(t, `${url}/slow`)
+  const end = closed(client, 5000)
+  // Sent at once: ws reads several messages in one go before the pause can take effect.
+  const batch: Buffer[] = []
+  for (let i = 0; i < 20; i++) {
+    const payload = Buffer.alloc(8 * 1024)
+    payload.writeUInt32BE(i + 1, 0)
+    batch.push(payload)
+  }
+  for (const payload of batch) client.send(payload)
+  assert.equal((await end).code, 1013, 'the queue passed its bound')
+  await sleep(400)
+  assert.ok(seen.length <= 2, `handed over after the close began: ${seen.join(',')}`)
+  assert.equal(app.wsManager.stats().delivery.slowConsumerCloses, 1)
+})
+
+test('review: a close started on the socket while input is held is not held up', async (t) => {
+  const { app, url } = await start(t, { close: { timeout: 3000 } }, (app) => {
+    app.wsManager.addHook('onConnection', async (connection) => {
+      connection.socket.close(4000, 'from the hook')
+      await sleep(100)
+    })
+    app.get('/ws', { websocket: true }, () => {})
+  })
+  const client = await connect(t, `${url}/ws`)
+  const started = Date.now()
+  assert.equal((await closed(client)).code, 4000)
+  await waitFor(() => app.wsManager.connections.size === 0, 2000, 'gone')
+  assert.ok(Date.now() - started < 1500, `closed in ${Date.now() - started} ms`)
+})
+
+test('review: connectionData that throws or returns a promise is contained and leaks no bucket; a hook that closes skips the handler', async (t) => {
+  let handlerRan = false
+  const { app, url } = await start(t, { connectionData: (request) => { if (request.url.includes('throw')) throw new Error('data'); return request.url.includes('async') ? Promise.resolve({}) as never : {} } }, (app) => {
+    app.get('/ws', { websocket: true, config: { wsManager: { hooks: { onConnection: (c) => { if (c.data !== undefined) c.close(4003, 'hook said no').catch(() => {}) } } } } }, () => { handlerRan = true })
+  })
+  for (const path of ['/ws?throw', '/ws?async']) {
+    const client = await connect(t, `${url}${path}`)
+    assert.equal((await closed(client)).code, 1011)
+  }
+  await waitFor(() => app.wsManager.connections.size === 0, 2000, 'none registered')
+  assert.equal(app.wsManager.stats().admission.messages?.buckets, 0)
+  const client = await connect(t, `${url}/ws`)
+  assert.equal((await closed(client)).code, 4003)
+  assert.equal(handlerRan, false)
+})
