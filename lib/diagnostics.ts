@@ -15,3 +15,16 @@ export const channels = Object.freeze({
   close: diagnostics.channel('fastify-ws-manager:close'),
   refused: diagnostics.channel('fastify-ws-manager:refused')
 })
+
+/**
+ * `tracing:fastify-ws-manager:handler:{start,end,asyncStart,asyncEnd,error}` around each
+ * route handler, with `{ connection, request }`: the span an APM opens for the connection's
+ * setup. An async handler's promise is traced to its settlement.
+ */
+export const handlerTracing = diagnostics.tracingChannel('fastify-ws-manager:handler')
+
+/** Whether anyone listens on the handler's tracing channels (Node 20 has no hasSubscribers on the TracingChannel itself). */
+export function handlerTraced (): boolean {
+  return handlerTracing.start.hasSubscribers || handlerTracing.end.hasSubscribers || handlerTracing.asyncEnd.hasSubscribers ||
+    handlerTracing.error.hasSubscribers
+}

@@ -13,7 +13,7 @@ import {
 import { Authenticator } from './auth'
 import { isCompressionError, perMessageDeflateOptions } from './compression-profiles'
 import { HOLD_HOOKS, type Connection, type RouteSettings } from './connection'
-import { channels } from './diagnostics'
+import { channels, handlerTraced, handlerTracing } from './diagnostics'
 import { RouteHooks } from './hooks'
 import { errors } from './errors'
 import { isFrameSizeError } from './frame-size'
@@ -45,6 +45,10 @@ function appendHook<T> (existing: T | T[] | undefined, hook: T): T[] {
 }
 
 function noop (): void {}
+
+function isThenable (value: unknown): value is PromiseLike<unknown> {
+  return value !== null && typeof value === 'object' && typeof (value as PromiseLike<unknown>).then === 'function'
+}
 
 // @fastify/websocket adds one 'error' listener to each socket right before it calls the route
 // handler; it closes over the request and reply, which would then live as long as the
@@ -185,16 +189,20 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
   }
 
   function runHandler (handler: WebsocketHandler, app: FastifyInstance, socket: WebSocket, request: FastifyRequest, connection: Connection): void {
-    let result
+    let result: unknown
     try {
-      result = handler.call(app, socket, request)
+      if (handlerTraced()) {
+        const context = { connection, request }
+        const sync = handlerTracing.traceSync(() => handler.call(app, socket, request), context) as unknown
+        result = isThenable(sync) ? handlerTracing.tracePromise(() => Promise.resolve(sync), context) : sync
+      } else {
+        result = handler.call(app, socket, request)
+      }
     } catch (err) {
       connection.fail(err, 'handler')
       return
     }
-    if (result !== undefined && result !== null && typeof result.then === 'function') {
-      result.then(undefined, (err: unknown) => connection.fail(err, 'handler'))
-    }
+    if (isThenable(result)) result.then(undefined, (err: unknown) => connection.fail(err, 'handler'))
   }
 
   // Added before @fastify/websocket registers, so this hook runs first and wraps the

@@ -284,3 +284,26 @@ test('review: connectionData that throws or returns a promise is contained and l
   assert.equal((await closed(client)).code, 4003)
   assert.equal(handlerRan, false)
 })
+
+test('tracing:fastify-ws-manager:handler brackets the route handler, an async one to its settlement', async (t) => {
+  const seen: string[] = []
+  const tracing = diagnostics.tracingChannel('fastify-ws-manager:handler')
+  const subscribers = {
+    start: (m: unknown) => { seen.push(`start ${(m as { connection: Connection }).connection.route}`) },
+    end: () => { seen.push('end') },
+    asyncStart: () => {},
+    asyncEnd: () => { seen.push('asyncEnd') },
+    error: () => { seen.push('error') }
+  }
+  tracing.subscribe(subscribers)
+  t.after(() => tracing.unsubscribe(subscribers))
+  const { url } = await start(t, {}, (app) => {
+    app.get('/ws', { websocket: true }, async () => { await sleep(10) })
+  })
+  await connect(t, `${url}/ws`)
+  await waitFor(() => seen.includes('asyncEnd'), 2000, 'async end traced')
+  assert.equal(seen[0], 'start /ws')
+  assert.ok(seen.includes('end'))
+  assert.equal(seen[seen.length - 1], 'asyncEnd')
+  assert.ok(!seen.includes('error'))
+})
