@@ -1,5 +1,5 @@
 import { errors, isSendableCloseCode } from './errors'
-import type { OriginPolicy } from './origin'
+import { isSerializedOrigin, type OriginPolicy } from './origin'
 import type { WsManagerOptions } from './options'
 
 /** What `loadConfig()` reads from the environment: the reference server's settings and the plugin's options. */
@@ -98,12 +98,8 @@ function readOrigins (read: EnvReader): OriginPolicy {
   const list = raw.split(',').map((o) => o.trim()).filter((o) => o !== '')
   if (list.length === 0) throw new errors.FST_WSM_ENV_INVALID('ALLOWED_ORIGINS', JSON.stringify(raw), 'expected same-origin, * or at least one origin such as https://app.example.com')
   for (const origin of list) {
-    let ok = false
-    try {
-      const url = new URL(origin)
-      ok = url.origin === origin && (url.protocol === 'http:' || url.protocol === 'https:')
-    } catch {}
-    if (!ok) throw new errors.FST_WSM_ENV_INVALID('ALLOWED_ORIGINS', JSON.stringify(origin), 'expected same-origin, * or a comma-separated list of origins such as https://app.example.com')
+    // The option's own check; the environment takes web origins only.
+    if (!isSerializedOrigin(origin) || !/^https?:\/\//.test(origin)) throw new errors.FST_WSM_ENV_INVALID('ALLOWED_ORIGINS', JSON.stringify(origin), 'expected same-origin, * or a comma-separated list of origins such as https://app.example.com')
   }
   return list
 }

@@ -398,7 +398,7 @@ export class WsManager implements ConnectionHost {
   connectionClosed (connection: Connection, info: CloseInfo): void {
     if (!this.#registry.delete(connection)) return
     this.#closed++
-    this.heartbeat.stopHeartbeat(connection.socket)
+    // The heartbeat stopped when the connection left 'open' (connectionLeftOpen).
     this.compression.untrack(connection.socket)
     if (connection.rateBucket !== null) this.messageLimiter?.release(connection.rateBucket)
     if (this.#registry.size === 0) this.#stopSweep()
