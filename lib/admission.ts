@@ -7,7 +7,8 @@ import { ipKey } from './ip'
 import type { WsManager } from './manager'
 import type { Connection, HookRunner } from './connection'
 import { refusalBody, UpgradeRefusal } from './refusal'
-import { kAuth } from './symbols'
+import { randomUUID } from 'node:crypto'
+import { kAuth, kReservation } from './symbols'
 
 /** The admission settings of one route. */
 export interface AdmissionSettings {
@@ -23,7 +24,16 @@ export interface AdmissionSettings {
   hooks: HookRunner
 }
 
-type RequestWithAuth = FastifyRequest & { [kAuth]?: AuthResult }
+/** A connection admitted in Redis before its upgrade: its id, and what to close to make room. */
+export interface Reservation {
+  id: string
+  userId: string
+  evict: Array<{ connectionId: string, nodeId: string }>
+  /** Set once the connection exists; until then a closed socket gives the place back. */
+  accepted: boolean
+}
+
+type RequestWithAuth = FastifyRequest & { [kAuth]?: AuthResult, [kReservation]?: Reservation }
 
 // isAllowed means "on the allow list"; isExceeded is the verdict.
 interface RateLimitResult { isAllowed: boolean, isExceeded?: boolean, isBanned?: boolean, ttlInSeconds?: number, max?: number }
@@ -91,6 +101,47 @@ export function createAdmissionHook (manager: WsManager, settings: AdmissionSett
   }
 }
 
+/** The upgrade's place in the cluster, if it was admitted there. */
+export function reservationOf (request: FastifyRequest): Reservation | undefined {
+  return (request as RequestWithAuth)[kReservation]
+}
+
+/** Gives back the place of an upgrade that was refused after it was admitted in the cluster. */
+export function releaseReservation (manager: WsManager, request: FastifyRequest): void {
+  const reservation = reservationOf(request)
+  if (reservation === undefined || reservation.accepted) return
+  reservation.accepted = true
+  manager.clusterNode?.leave(reservation.userId, reservation.id)
+}
+
+/**
+ * In cluster mode, the route's preHandler before the caps: an authenticated upgrade takes its
+ * place in Redis, where the per-user cap counts every node's connections atomically. When
+ * Redis cannot be asked, the local caps decide (one warn log per outage).
+ */
+export function createClusterAdmitHook (manager: WsManager, settings: AdmissionSettings, route: string) {
+  return async function admitInCluster (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    const cluster = manager.clusterNode
+    const auth = authOf(request)
+    if (!request.ws || cluster === null || auth === undefined) return
+    const id = randomUUID()
+    const admission = await cluster.admit(auth.userId, id, route, settings.maxConnectionsPerUser, settings.onUserLimit)
+    if (admission.outcome === 'unavailable') {
+      if (settings.maxConnectionsPerUser > 0) cluster.noteFallback('maxConnectionsPerUser')
+      return
+    }
+    if (admission.outcome === 'refused') {
+      refuse(manager, request, reply, new UpgradeRefusal(429, 'Too many connections for this user', 'maxConnectionsPerUser'), settings.hooks)
+      return
+    }
+    const reservation: Reservation = { id, userId: auth.userId, evict: admission.evict, accepted: false }
+    ;(request as RequestWithAuth)[kReservation] = reservation
+    // An upgrade that never becomes a connection (ws refused the handshake, the client left)
+    // gives its place back when its socket closes.
+    request.raw.socket.once('close', () => releaseReservation(manager, request))
+  }
+}
+
 /**
  * Which cap an upgrade would pass, if any: the server's, the IP's, or (with
  * `onUserLimit: 'reject'`) the user's. Only connections still open count against the user's cap.
@@ -105,6 +156,8 @@ export function capsExceeded (manager: WsManager, settings: AdmissionSettings, r
   }
   const auth = authOf(request)
   const max = settings.maxConnectionsPerUser
+  // Admitted in the cluster: Redis counted every node's connections, this one's included.
+  if (reservationOf(request) !== undefined) return null
   if (settings.onUserLimit === 'reject' && max > 0 && auth !== undefined && registry.countByUser(auth.userId) >= max) {
     let open = 0
     for (const c of registry.byUser(auth.userId)) if (c.state === 'open') open++
@@ -123,6 +176,7 @@ export function createCapsHook (manager: WsManager, settings: AdmissionSettings)
     if (!request.ws) return done()
     const refusal = capsExceeded(manager, settings, request)
     if (refusal !== null) {
+      releaseReservation(manager, request)
       refuse(manager, request, reply, refusal, settings.hooks)
       return
     }
@@ -134,8 +188,27 @@ export function createCapsHook (manager: WsManager, settings: AdmissionSettings)
  * With `onUserLimit: 'closeOldest'`: once a user's new connection is accepted, closes that
  * user's oldest open connections over the cap with 1008.
  */
-export function evictOldest (manager: WsManager, newest: Connection, max: number): void {
+export function evictOldest (manager: WsManager, newest: Connection, max: number, reservation: Reservation | undefined): void {
   if (max <= 0 || newest.userId === null) return
+  const cluster = manager.clusterNode
+  if (reservation !== undefined && cluster !== null) {
+    // Redis chose the oldest across the cluster; each node closes its own.
+    const remote = new Map<string, string[]>()
+    for (const { connectionId, nodeId } of reservation.evict) {
+      if (nodeId === cluster.nodeId) {
+        const connection = manager.connections.get(connectionId)
+        if (connection === undefined || connection.state !== 'open' || connection === newest) continue
+        connection.log.info('closing oldest connection of user over its limit')
+        connection.close(1008, 'Connection limit exceeded').catch(() => {})
+      } else {
+        const ids = remote.get(nodeId)
+        if (ids === undefined) remote.set(nodeId, [connectionId])
+        else ids.push(connectionId)
+      }
+    }
+    for (const [nodeId, ids] of remote) cluster.closeRemote(nodeId, ids, 1008, 'Connection limit exceeded')
+    return
+  }
   const open = manager.connections.byUser(newest.userId).filter((c) => c.state === 'open' && c !== newest)
   if (open.length < max) return
   open.sort((a, b) => a.connectedAt - b.connectedAt)

@@ -18,6 +18,7 @@ import type { HeartbeatSettings } from './heartbeat-settings'
 import { transportOf } from './internals'
 import type { Bucket } from './message-limits'
 import { MessageIterator } from './iteration'
+import { checkTopic, type TopicRegistry } from './topics'
 import { kSocketClose, kSocketSend, kSocketTerminate } from './symbols'
 
 // Internal signatures take a connection whatever its application data.
@@ -104,6 +105,8 @@ export interface ConnectionHost {
   readonly delivery: DeliveryCounters
   /** Compression statistics. */
   readonly compression: CompressionManager
+  /** Topic subscriptions of this node. */
+  readonly topics: TopicRegistry<AnyConnection>
   /** The application holds the connection's input (true) or let go of it (false): suspend or resume its heartbeat. */
   heartbeatSuspended (connection: AnyConnection, suspended: boolean): void
   /** Called once, when the connection stops being open (closing or closed). */
@@ -499,6 +502,33 @@ export class Connection<Data extends object = Record<string, unknown>, User = Jw
 
   set data (value: Data) {
     this.#data = value
+  }
+
+  /**
+   * Subscribes to a topic: `fastify.wsManager.publish(topic, data)` on any node then reaches
+   * this connection, until `unsubscribe(topic)` or the close. Resolves once the node receives
+   * the topic's publications from other nodes (at once without a cluster, or while Redis
+   * cannot be reached: the subscription is restored when it is back). A connection that is no
+   * longer open subscribes to nothing.
+   * Rejects with FST_WSM_TOPIC_INVALID for an empty name, one over 256 characters or with
+   * control characters, or past `maxTopicsPerConnection`.
+   */
+  async subscribe (topic: string): Promise<void> {
+    if (this.#state !== 'open') {
+      checkTopic(topic)
+      return
+    }
+    return this.#host.topics.subscribe(this as unknown as AnyConnection, topic)
+  }
+
+  /** Leaves a topic; false when the connection did not subscribe to it. */
+  unsubscribe (topic: string): boolean {
+    return this.#host.topics.unsubscribe(this as unknown as AnyConnection, topic)
+  }
+
+  /** The topics this connection subscribes to (a fresh array). */
+  get topics (): string[] {
+    return this.#host.topics.of(this as unknown as AnyConnection)
   }
 
   /**

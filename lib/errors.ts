@@ -65,6 +65,13 @@ export const errors = {
   /** A lifecycle hook was added with an unknown name or without a function. */
   FST_WSM_HOOK_INVALID: createError<[string, string]>(
     'FST_WSM_HOOK_INVALID', 'Invalid fastify-ws-manager hook "%s": %s', 500, TypeError),
+  /** A topic name is empty, too long, holds control characters or lone surrogates, or the connection has too many topics. */
+  FST_WSM_TOPIC_INVALID: createError<[string, string]>(
+    'FST_WSM_TOPIC_INVALID', 'Invalid topic "%s": %s', 500, TypeError),
+  /** Another live node of the cluster already runs under this nodeId. */
+  FST_WSM_CLUSTER_NODE_ID_TAKEN: createError<[string]>(
+    'FST_WSM_CLUSTER_NODE_ID_TAKEN',
+    'Cluster node id "%s" is held by another live node: give each process its own nodeId (env NODE_ID), or leave it unset', 500),
   /** A close was asked for with a code that RFC 6455 does not allow in a close frame. */
   FST_WSM_CLOSE_CODE_INVALID: createError<[string]>(
     'FST_WSM_CLOSE_CODE_INVALID',

@@ -5,7 +5,7 @@ import type WebSocket from 'ws'
 import { checkCloseRequest, GracefulCloseManager, type CloseRequest, type CloseResult, type CloseStats } from './close'
 import { CompressionManager, type CompressionStats } from './compression'
 import { Connection, type CloseInfo, type ConnectionHost, type HookRunner, type RouteSettings } from './connection'
-import { DeliveryCounters, prepare, type DeliveryStats, type Sendable } from './delivery'
+import { DeliveryCounters, prepare, type DeliveryStats, type Prepared, type Sendable } from './delivery'
 import { CloseCode, errors } from './errors'
 import { channels } from './diagnostics'
 import { FrameSizeValidator, type FrameSizeStats } from './frame-size'
@@ -15,6 +15,9 @@ import { ipKey } from './ip'
 import { MessageRateLimiter, type MessageLimitStats } from './message-limits'
 import type { ResolvedOptions, ResolvedRouteConfig } from './options'
 import { InboundPipeline } from './pipeline'
+import { Cluster, type ClusterAnswer, type ClusterHost, type ClusterNode, type ClusterStats, type PresenceEntry } from './cluster'
+import type { ResolvedClusterOptions } from './cluster-options'
+import { checkTopic, TopicRegistry } from './topics'
 import { LocalConnectionRegistry, type ConnectionRegistry } from './registry'
 import type { MessageRouter } from './router'
 import type { ManagedWebSocket } from './socket'
@@ -69,13 +72,41 @@ export interface WsManagerStats {
   compression: CompressionStats
   delivery: DeliveryStats
   admission: AdmissionStats
+  /** Topics with a local subscriber. */
+  topics: { active: number }
+  /** Cluster counters; null when cluster mode is off. */
+  cluster: ClusterStats | null
 }
+
+/**
+ * `fastify.wsManager.cluster` in cluster mode: this node and the cluster as Redis sees it.
+ * Every call resolves within `requestTimeout`; when Redis cannot be reached it resolves with
+ * what this node knows and `complete: false`.
+ */
+export interface ClusterApi {
+  readonly nodeId: string
+  /** Redis reachable, this node registered and its channels subscribed. */
+  readonly healthy: boolean
+  /** The live nodes with their connection counts (refreshed every `presenceTtl / 3`). */
+  nodes (): Promise<ClusterAnswer<ClusterNode>>
+  /** A user's open connections on every node. */
+  presence (userId: string): Promise<ClusterAnswer<PresenceEntry>>
+  /** How many open connections a user has on every node (this node's when Redis cannot be reached). */
+  countByUser (userId: string): Promise<number>
+}
+
+/** What `disconnectUser()` resolves with: every close result, local and remote. */
+export type DisconnectResults = ClusterAnswer<CloseResult>
 
 /** Which connections `broadcast()` reaches. */
 export interface BroadcastOptions {
   /** Only connections of this route (its URL pattern). */
   route?: string
-  /** Only connections for which this returns true. A throw counts as false (and is logged once per call). */
+  /**
+   * Only connections for which this returns true. A throw counts as false (and is logged once
+   * per call). A function cannot travel to other processes: in cluster mode a broadcast with
+   * a filter reaches this node's connections only.
+   */
   filter?: (connection: Connection) => boolean
 }
 
@@ -113,7 +144,11 @@ export class WsManager implements ConnectionHost {
   readonly messageLimiter: MessageRateLimiter | null
   /** The validated options in force. */
   readonly options: ResolvedOptions
+  /** Local topic subscriptions. */
+  readonly topics: TopicRegistry<Connection>
   readonly #registry: LocalConnectionRegistry
+  #cluster: Cluster | null = null
+  #clusterApi: ClusterApi | null = null
   readonly #log: FastifyBaseLogger
   #shuttingDown = false
   #open = 0
@@ -142,6 +177,36 @@ export class WsManager implements ConnectionHost {
     this.frames = new FrameSizeValidator({ ...options.frameSize, log })
     this.compression = new CompressionManager({ ...options.compression, log })
     this.messageLimiter = options.messageRateLimit === false ? null : new MessageRateLimiter(options.messageRateLimit)
+    this.topics = new TopicRegistry<Connection>(options.maxTopicsPerConnection)
+  }
+
+  /** The cluster (nodes, presence, counts) in cluster mode, else null. */
+  get cluster (): ClusterApi | null {
+    return this.#clusterApi
+  }
+
+  /** @internal The node's cluster membership, for admission. */
+  get clusterNode (): Cluster | null {
+    return this.#cluster
+  }
+
+  /** @internal Creates the cluster membership (the plugin starts it). */
+  createCluster (options: ResolvedClusterOptions): Cluster {
+    const cluster = new Cluster(options, this.#clusterHost, this.#log)
+    this.#cluster = cluster
+    this.topics.listen(cluster)
+    const registry = this.#registry
+    const localPresence = (userId: string): PresenceEntry[] => registry.byUser(userId)
+      .filter((c) => c.state === 'open')
+      .map((c) => ({ connectionId: c.id, nodeId: cluster.nodeId, route: c.route, openedAt: c.connectedAt }))
+    this.#clusterApi = Object.freeze({
+      nodeId: cluster.nodeId,
+      get healthy () { return cluster.healthy },
+      nodes: async () => cluster.nodes(),
+      presence: async (userId: string) => cluster.presence(userId, () => localPresence(userId)),
+      countByUser: async (userId: string) => (await cluster.presence(userId, () => localPresence(userId))).length
+    })
+    return cluster
   }
 
   /** True once the application started closing; new upgrades are refused with 503. */
@@ -174,37 +239,76 @@ export class WsManager implements ConnectionHost {
   }
 
   /**
-   * Sends to every open connection of one user on this server. Never waits on a slow
-   * reader: under the 'wait' policy a message for a full buffer is queued.
-   * Resolves with how many connections took it (sent or queued).
+   * Sends to every open connection of one user: on this server, and in cluster mode on every
+   * node that holds one (one Redis publication). Never waits on a slow reader or another
+   * node: under the 'wait' policy a message for a full buffer is queued.
+   * Resolves with how many connections of this node took it (sent or queued).
    */
   async sendToUser (userId: string, data: Sendable): Promise<number> {
-    return this.#fanOut(this.#registry.byUser(userId), data, undefined)
+    const prepared = prepare(data)
+    const count = this.#fanOut(this.#registry.byUser(userId), prepared, undefined)
+    const cluster = this.#cluster
+    if (cluster !== null) {
+      const wire = await wireBytes(prepared)
+      cluster.publishToUser(userId, wire.bytes, wire.binary)
+    }
+    return count
   }
 
   /**
-   * Sends to every open connection, or those of a route, or those passing a filter.
+   * Sends to every open connection, or those of a route, or those passing a filter; in
+   * cluster mode on every node (one Redis publication), except with a filter (this node only).
    * The value is serialized once and the same buffer goes to every socket; the backpressure
    * policy applies per connection, and a slow reader never holds up the others.
-   * Resolves with how many connections took it (sent or queued).
+   * Resolves with how many connections of this node took it (sent or queued).
    */
   async broadcast (data: Sendable, options: BroadcastOptions = {}): Promise<number> {
+    const prepared = prepare(data)
     const targets = options.route === undefined ? this.#registry : this.#registry.byRoute(options.route)
-    return this.#fanOut(targets, data, options.filter)
+    const count = this.#fanOut(targets, prepared, options.filter)
+    const cluster = this.#cluster
+    if (cluster !== null && options.filter === undefined) {
+      const wire = await wireBytes(prepared)
+      cluster.publishBroadcast(options.route ?? null, wire.bytes, wire.binary)
+    }
+    return count
   }
 
   /**
-   * Closes every connection of a user gracefully; resolves when all are closed. Rejects,
-   * closing none, on a bad code, reason or timeout.
+   * Sends to every subscriber of a topic (`connection.subscribe(topic)`), on every node in
+   * cluster mode (one Redis publication). Resolves with how many connections of this node took it.
+   * Rejects with FST_WSM_TOPIC_INVALID for a bad topic name.
    */
-  async disconnectUser (userId: string, options: DisconnectOptions = {}): Promise<CloseResult[]> {
-    const checked = checkCloseRequest(options.code ?? CloseCode.NORMAL, options.reason ?? 'Disconnected', options.timeout, this.closer.timeout)
-    if (checked instanceof Error) throw checked
-    return Promise.all(this.#registry.byUser(userId).map((c) => c.close(checked.code, checked.reason, checked.timeout)))
+  async publish (topic: string, data: Sendable): Promise<number> {
+    checkTopic(topic)
+    const prepared = prepare(data)
+    const subscribers = this.topics.subscribers(topic)
+    const count = subscribers === undefined ? 0 : this.#fanOut(subscribers, prepared, undefined)
+    const cluster = this.#cluster
+    if (cluster !== null) {
+      const wire = await wireBytes(prepared)
+      cluster.publishTopic(topic, wire.bytes, wire.binary)
+    }
+    return count
   }
 
-  #fanOut (targets: Iterable<Connection>, data: Sendable, filter: ((c: Connection) => boolean) | undefined): number {
-    const prepared = prepare(data)
+  /**
+   * Closes every connection of a user gracefully, on every node in cluster mode; resolves
+   * when all are closed, or, for other nodes, when the close timeout and then `requestTimeout`
+   * have passed: `unanswered` names the nodes that did not answer. Rejects, closing none,
+   * on a bad code, reason or timeout.
+   */
+  async disconnectUser (userId: string, options: DisconnectOptions = {}): Promise<DisconnectResults> {
+    const checked = checkCloseRequest(options.code ?? CloseCode.NORMAL, options.reason ?? 'Disconnected', options.timeout, this.closer.timeout)
+    if (checked instanceof Error) throw checked
+    const local = Promise.all(this.#registry.byUser(userId).map((c) => c.close(checked.code, checked.reason, checked.timeout)))
+    const cluster = this.#cluster
+    if (cluster === null) return Object.assign(await local, { complete: true, unanswered: [] })
+    const [mine, remote] = await Promise.all([local, cluster.disconnectRemote(userId, checked.code, checked.reason, checked.timeout)])
+    return Object.assign([...mine, ...remote.results], { complete: remote.complete, unanswered: remote.unanswered })
+  }
+
+  #fanOut (targets: Iterable<Connection>, prepared: Prepared, filter: ((c: Connection) => boolean) | undefined): number {
     let count = 0
     let filterFailed = false
     for (const connection of targets) {
@@ -261,7 +365,9 @@ export class WsManager implements ConnectionHost {
         refused: { ...this.#refused },
         authFailures: this.#authFailures,
         messages: this.messageLimiter === null ? null : this.messageLimiter.getStats()
-      }
+      },
+      topics: { active: this.topics.size },
+      cluster: this.#cluster === null ? null : this.#cluster.stats()
     }
   }
 
@@ -298,8 +404,9 @@ export class WsManager implements ConnectionHost {
   }
 
   /** @internal Turns an upgraded socket into a managed connection, registered and logged. */
-  accept (socket: ManagedWebSocket, request: FastifyRequest, route: string, settings: RouteSettings): Connection {
-    const id = randomUUID()
+  accept (socket: ManagedWebSocket, request: FastifyRequest, route: string, settings: RouteSettings, reservedId?: string): Connection {
+    // In cluster mode an authenticated upgrade was admitted in Redis under this id already.
+    const id = reservedId ?? randomUUID()
     // The application's data first: a throw here leaves nothing taken (no bucket, no entry).
     const data = this.options.connectionData === null ? undefined : this.options.connectionData(request)
     if (data !== undefined && (typeof data !== 'object' || data === null || typeof (data as PromiseLike<unknown>).then === 'function')) {
@@ -326,6 +433,7 @@ export class WsManager implements ConnectionHost {
     if (data !== undefined) connection.data = data as Record<string, unknown>
     socket[kAttach](connection)
     this.#registry.add(connection)
+    if (userId !== null && this.#cluster !== null && this.#registry.countByUser(userId) === 1) this.#cluster.userJoined(userId)
     this.#open++
     this.#opened++
     request.wsConnection = connection
@@ -392,6 +500,9 @@ export class WsManager implements ConnectionHost {
     this.#open--
     // Nothing more to learn from a connection on its way out: no pings, no idle close.
     this.heartbeat.stopHeartbeat(connection.socket)
+    this.topics.removeConnection(connection)
+    // Only open connections count against the user's cap and show in presence.
+    if (connection.userId !== null) this.#cluster?.leave(connection.userId, connection.id)
   }
 
   /** @internal */
@@ -401,6 +512,8 @@ export class WsManager implements ConnectionHost {
     // The heartbeat stopped when the connection left 'open' (connectionLeftOpen).
     this.compression.untrack(connection.socket)
     if (connection.rateBucket !== null) this.messageLimiter?.release(connection.rateBucket)
+    const userId = connection.userId
+    if (userId !== null && this.#cluster !== null && this.#registry.countByUser(userId) === 0) this.#cluster.userLeft(userId)
     if (this.#registry.size === 0) this.#stopSweep()
     if (channels.close.hasSubscribers) channels.close.publish({ connection, ...info })
     const hooks = connection.settings.hooks
@@ -440,6 +553,59 @@ export class WsManager implements ConnectionHost {
       this.#sweepTimer = null
     }
   }
+
+  * #localPresence (): Generator<{ userId: string, entry: PresenceEntry }> {
+    const nodeId = this.#cluster?.nodeId ?? ''
+    for (const c of this.#registry) {
+      if (c.userId === null || c.state !== 'open') continue
+      yield { userId: c.userId, entry: { connectionId: c.id, nodeId, route: c.route, openedAt: c.connectedAt } }
+    }
+  }
+
+  readonly #clusterHost: ClusterHost = {
+    deliverToUser: (userId, payload, binary) => {
+      this.#fanOut(this.#registry.byUser(userId), { data: payload, options: binary ? BINARY : TEXT_FRAME }, undefined)
+    },
+    deliverToRoute: (route, payload, binary) => {
+      const targets = route === null ? this.#registry : this.#registry.byRoute(route)
+      this.#fanOut(targets, { data: payload, options: binary ? BINARY : TEXT_FRAME }, undefined)
+    },
+    deliverToTopic: (topic, payload, binary) => {
+      const subscribers = this.topics.subscribers(topic)
+      if (subscribers !== undefined) this.#fanOut(subscribers, { data: payload, options: binary ? BINARY : TEXT_FRAME }, undefined)
+    },
+    disconnectLocal: async (userId, code, reason, timeout) => {
+      const checked = checkCloseRequest(code, reason, timeout, this.closer.timeout)
+      if (checked instanceof Error) throw checked
+      return Promise.all(this.#registry.byUser(userId).map((c) => c.close(checked.code, checked.reason, checked.timeout)))
+    },
+    closeLocal: (ids, code, reason) => {
+      const checked = checkCloseRequest(code, reason, undefined, this.closer.timeout)
+      if (checked instanceof Error) return
+      for (const id of ids) {
+        const connection = this.#registry.get(id)
+        if (connection === undefined || connection.state !== 'open') continue
+        connection.log.info('closing oldest connection of user over its limit (asked by another node)')
+        connection.close(checked.code, checked.reason).catch(noop)
+      }
+    },
+    localPresence: () => this.#localPresence(),
+    connectionCount: () => this.#open
+  }
+}
+
+const TEXT_FRAME = Object.freeze({ binary: false })
+const BINARY = Object.freeze({ binary: true })
+
+/** The bytes of a prepared payload for other nodes, and whether it goes as a binary frame. */
+async function wireBytes (prepared: Prepared): Promise<{ bytes: Buffer, binary: boolean }> {
+  const data = prepared.data
+  const binary = prepared.options?.binary ?? typeof data !== 'string'
+  if (Buffer.isBuffer(data)) return { bytes: data, binary }
+  if (typeof data === 'string') return { bytes: Buffer.from(data), binary }
+  if (data instanceof ArrayBuffer) return { bytes: Buffer.from(data), binary }
+  if (ArrayBuffer.isView(data)) return { bytes: Buffer.from(data.buffer, data.byteOffset, data.byteLength), binary }
+  return { bytes: Buffer.from(await (data as Blob).arrayBuffer()), binary }
 }
 
 function noop (): void {}

@@ -14,6 +14,7 @@ import type { RouteHookOptions } from './hooks'
 import type { MessageRoutes } from './router'
 import type { FastifyRequest } from 'fastify'
 import { checkInt, checkOneOf, fail, isPlainObject, section } from './validate'
+import { resolveCluster, type ClusterOptions, type ResolvedClusterOptions } from './cluster-options'
 
 export { checkInt } from './validate'
 export type { CloseOptions } from './close'
@@ -140,6 +141,19 @@ export interface WsManagerOptions {
    * @default null
    */
   connectionData?: ((request: FastifyRequest) => object & { then?: never }) | null
+  /**
+   * Topics one connection may subscribe to (`connection.subscribe()`); past it subscribe()
+   * rejects with FST_WSM_TOPIC_INVALID. 0 means no limit.
+   * @default 100
+   */
+  maxTopicsPerConnection?: number
+  /**
+   * Cluster mode over Redis: sendToUser, broadcast, disconnectUser and publish reach every
+   * node; presence, nodes() and the per-user cap are cluster-wide. Off unless set.
+   * Env REDIS_URL, CLUSTER_PREFIX, NODE_ID.
+   * @default false
+   */
+  cluster?: false | ClusterOptions
 }
 
 /** Per-route settings, as `config: { wsManager: { ... } }` on a `{ websocket: true }` route. */
@@ -182,6 +196,8 @@ export interface ResolvedOptions {
   messageErrorLimit: number
   ws: Record<string, unknown>
   connectionData: ((request: FastifyRequest) => object) | null
+  maxTopicsPerConnection: number
+  cluster: ResolvedClusterOptions | false
 }
 
 /** The defaults every option starts from. */
@@ -203,12 +219,14 @@ export const DEFAULTS: Readonly<ResolvedOptions> = Object.freeze({
   backpressure: BACKPRESSURE_DEFAULTS as BackpressureOptions,
   messageErrorLimit: 10,
   ws: Object.freeze({}),
-  connectionData: null
+  connectionData: null,
+  maxTopicsPerConnection: 100,
+  cluster: false as const
 })
 
 const TOP_LEVEL_KEYS = ['auth', 'allowedOrigins', 'requireOrigin', 'upgradeRateLimit', 'messageRateLimit', 'maxConnections',
   'maxConnectionsPerIp', 'maxConnectionsPerUser', 'onUserLimit', 'close', 'heartbeat', 'idleTimeout', 'frameSize', 'compression',
-  'backpressure', 'messageErrorLimit', 'ws', 'connectionData'] as const
+  'backpressure', 'messageErrorLimit', 'ws', 'connectionData', 'maxTopicsPerConnection', 'cluster'] as const
 const ROUTE_KEYS = ['auth', 'upgradeRateLimit', 'heartbeat', 'idleTimeout', 'backpressure', 'messages', 'messageErrorLimit', 'hooks'] as const
 
 function checkBool (name: string, value: unknown): boolean {
@@ -286,7 +304,9 @@ export function normalizeOptions (input: unknown = {}): ResolvedOptions {
     backpressure: resolveBackpressure(opts.backpressure, DEFAULTS.backpressure, 'backpressure'),
     messageErrorLimit: checkInt('messageErrorLimit', opts.messageErrorLimit ?? DEFAULTS.messageErrorLimit, 1, 1_000_000),
     ws: resolveWs(opts.ws),
-    connectionData: resolveConnectionData(opts.connectionData)
+    connectionData: resolveConnectionData(opts.connectionData),
+    maxTopicsPerConnection: checkInt('maxTopicsPerConnection', opts.maxTopicsPerConnection ?? DEFAULTS.maxTopicsPerConnection, 0, 1_000_000),
+    cluster: resolveCluster(opts.cluster)
   }
 }
 

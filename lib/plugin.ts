@@ -7,7 +7,7 @@ import rateLimit from '@fastify/rate-limit'
 import FindMyWay from 'find-my-way'
 import type WebSocket from 'ws'
 import {
-  capsExceeded, createAdmissionHook, createCapsHook, evictOldest, refuse, upgradeRateKey,
+  capsExceeded, createAdmissionHook, createCapsHook, createClusterAdmitHook, evictOldest, refuse, releaseReservation, reservationOf, upgradeRateKey,
   type AdmissionSettings, type CreateRateLimit, type RateLimiter
 } from './admission'
 import { Authenticator } from './auth'
@@ -67,6 +67,9 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
   }
 
   const manager = new WsManager(options, fastify.log)
+  // Created now (its Redis connections open when it starts, at the end of registration) so
+  // that @fastify/rate-limit below can share its command connection.
+  const cluster = options.cluster === false ? null : manager.createCluster(options.cluster)
   fastify.decorate('wsManager', manager)
   fastify.decorateRequest('wsConnection', null)
   const ajv = createAjv()
@@ -97,8 +100,12 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
   // The upgrade rate limit runs through @fastify/rate-limit so that the application's store
   // (Redis included) is shared; without one registered, the plugin brings its own, even when
   // the plugin-wide limit is off, since a route may still set one.
+  // In cluster mode it counts in Redis, so the limit holds across nodes; while Redis cannot be
+  // reached, upgrades are let through (skipOnError) rather than refused or held.
   if (!fastify.hasDecorator('createRateLimit')) {
-    await fastify.register(rateLimit, { global: false })
+    await fastify.register(rateLimit, cluster === null
+      ? { global: false }
+      : { global: false, redis: cluster.commands, nameSpace: `${cluster.options.prefix}:rate-limit:`, skipOnError: true })
   }
   const createRateLimit = (): CreateRateLimit => (fastify as unknown as { createRateLimit: CreateRateLimit }).createRateLimit
   // Built on first use: @fastify/rate-limit may be registered after the routes. The
@@ -136,7 +143,9 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
       // The caps were checked before the upgrade; an asynchronous ws `verifyClient` can let
       // others in between, so they are checked again now that the socket exists.
       const over = capsExceeded(manager, admission, request)
+      const reservation = reservationOf(request)
       if (over !== null) {
+        releaseReservation(manager, request)
         request.log.info({ reason: over.reason }, 'connection refused after upgrade')
         manager.refused(request, over.statusCode, over.reason, settings.hooks)
         socket.close(1013, 'Try again later')
@@ -144,7 +153,8 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
       }
       let connection
       try {
-        connection = manager.accept(socket as ManagedWebSocket, request, route, settings)
+        connection = manager.accept(socket as ManagedWebSocket, request, route, settings, reservation?.id)
+        if (reservation !== undefined) reservation.accepted = true
       } catch (err) {
         // Nothing may leave an upgraded socket unmanaged and open.
         request.log.error({ err }, 'connection setup failed')
@@ -160,7 +170,7 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
       }
       // 'closeOldest' makes room only once the new connection exists, so a request that ws
       // then refused (a bad handshake) cannot cost the user a connection.
-      if (admission.onUserLimit === 'closeOldest') evictOldest(manager, connection, admission.maxConnectionsPerUser)
+      if (admission.onUserLimit === 'closeOldest') evictOldest(manager, connection, admission.maxConnectionsPerUser, reservation)
       if (channels.connection.hasSubscribers) channels.connection.publish({ connection, request })
       const app = this
       const run = (): void => runHandler(handler, app, socket, request, connection)
@@ -251,6 +261,7 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
             return routeLimiter
           }
     routeOptions.onRequest = appendHook(routeOptions.onRequest, createAdmissionHook(manager, admission, getLimiter))
+    if (cluster !== null) routeOptions.preHandler = appendHook(routeOptions.preHandler, createClusterAdmitHook(manager, admission, route))
     routeOptions.preHandler = appendHook(routeOptions.preHandler, createCapsHook(manager, admission))
   })
 
@@ -304,6 +315,14 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
     }
     done()
   })
+
+  if (cluster !== null) {
+    // Last, so that nothing after it can fail registration with the node registered in Redis.
+    // A duplicate node id fails registration (and ready()) with FST_WSM_CLUSTER_NODE_ID_TAKEN.
+    await cluster.start()
+    // After preClose has closed every connection, so their presence goes before the node's.
+    fastify.addHook('onClose', async () => cluster.stop())
+  }
 }
 
 /**

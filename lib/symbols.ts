@@ -16,3 +16,5 @@ export const kCloseOwner = Symbol('fastify-ws-manager.closeOwner')
 /** ws's own close and terminate, past the connection's state; for the connection only. */
 export const kSocketClose = Symbol('fastify-ws-manager.socketClose')
 export const kSocketTerminate = Symbol('fastify-ws-manager.socketTerminate')
+/** A connection admitted in Redis before its upgrade (cluster mode), on Fastify's request. */
+export const kReservation = Symbol('fastify-ws-manager.reservation')
