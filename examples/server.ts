@@ -84,7 +84,9 @@ export async function buildServer (config: ServerConfig, demo: DemoOptions = {})
   const tickInterval = demo.tickInterval ?? 5000
   if (tickInterval > 0) {
     const ticker = setInterval(() => {
-      app.wsManager.broadcast({ type: 'tick', at: Date.now(), connections: app.wsManager.connections.size }, { route: config.path })
+      // Each node ticks its own connections; in cluster mode a cluster-wide tick would reach
+      // every client once per node.
+      app.wsManager.broadcast({ type: 'tick', at: Date.now(), connections: app.wsManager.connections.size }, { route: config.path, local: true })
         .catch((err: unknown) => app.log.error({ err }, 'ticker failed'))
     }, tickInterval)
     ticker.unref()

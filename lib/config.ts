@@ -161,6 +161,19 @@ export function loadConfig (env: Env = process.env): ServerConfig {
   if (!isSendableCloseCode(options.close?.shutdownCode)) {
     throw new errors.FST_WSM_ENV_INVALID('SHUTDOWN_CLOSE_CODE', String(options.close?.shutdownCode), 'expected a close code from 1000-1003, 1007-1014 or 3000-4999')
   }
+  // Cluster mode when REDIS_URL is set; the prefix and node id are checked even without it.
+  const name = (v: string): string | null => /^[A-Za-z0-9._:-]{1,64}$/.test(v) ? null : 'expected 1 to 64 characters from A-Z a-z 0-9 . _ : -'
+  const prefix = read.string('CLUSTER_PREFIX', 'wsm', name)
+  const nodeId = read.has('NODE_ID') ? read.string('NODE_ID', '', name) : undefined
+  if (read.has('REDIS_URL')) {
+    const redis = (env.REDIS_URL as string).trim()
+    // The URL may hold a password: the error says what is wrong, never the value.
+    if (!/^rediss?:\/\/\S+$/.test(redis)) throw new errors.FST_WSM_ENV_INVALID('REDIS_URL', `(${redis.length} characters)`, 'expected a redis:// or rediss:// URL')
+    options.cluster = nodeId === undefined ? { redis, prefix } : { redis, prefix, nodeId }
+    if (!read.has('JWT_SECRET')) {
+      throw new errors.FST_WSM_ENV_INVALID('JWT_SECRET', '(unset)', 'required with REDIS_URL: every node must accept the same tokens')
+    }
+  }
   const headersTimeout = read.int('HEADERS_TIMEOUT', 10_000, 100, 600_000)
   const requestTimeout = read.int('REQUEST_TIMEOUT', 30_000, 0, 3_600_000)
   if (requestTimeout !== 0 && requestTimeout < headersTimeout) {

@@ -102,6 +102,8 @@ export type DisconnectResults = ClusterAnswer<CloseResult>
 export interface BroadcastOptions {
   /** Only connections of this route (its URL pattern). */
   route?: string
+  /** In cluster mode, this node's connections only (no Redis publication). @default false */
+  local?: boolean
   /**
    * Only connections for which this returns true. A throw counts as false (and is logged once
    * per call). A function cannot travel to other processes: in cluster mode a broadcast with
@@ -257,7 +259,8 @@ export class WsManager implements ConnectionHost {
 
   /**
    * Sends to every open connection, or those of a route, or those passing a filter; in
-   * cluster mode on every node (one Redis publication), except with a filter (this node only).
+   * cluster mode on every node (one Redis publication), except with a filter or `local: true`
+   * (this node only).
    * The value is serialized once and the same buffer goes to every socket; the backpressure
    * policy applies per connection, and a slow reader never holds up the others.
    * Resolves with how many connections of this node took it (sent or queued).
@@ -267,7 +270,7 @@ export class WsManager implements ConnectionHost {
     const targets = options.route === undefined ? this.#registry : this.#registry.byRoute(options.route)
     const count = this.#fanOut(targets, prepared, options.filter)
     const cluster = this.#cluster
-    if (cluster !== null && options.filter === undefined) {
+    if (cluster !== null && options.filter === undefined && options.local !== true) {
       const wire = await wireBytes(prepared)
       cluster.publishBroadcast(options.route ?? null, wire.bytes, wire.binary)
     }
