@@ -123,6 +123,7 @@ export class Cluster implements TopicListener {
   #registered = false
   #started = false
   #stopped = false
+  #stopping = false
   #down = false
   #fallbackWarned = false
   #beat: NodeJS.Timeout | null = null
@@ -204,14 +205,16 @@ export class Cluster implements TopicListener {
 
   /** Leaves the cluster: its entry and presence go, its connections to Redis close. */
   async stop (): Promise<void> {
-    if (this.#stopped) return
-    this.#stopped = true
+    if (this.#stopped || this.#stopping) return
+    // No more refreshes or recoveries; the last command takes the node out.
+    this.#stopping = true
     if (this.#beat !== null) clearInterval(this.#beat)
     for (const pending of this.#pending.values()) pending.done()
     if (this.#registered) {
       const n = this.names
       await this.#eval(DEREGISTER, [n.nodes, n.tokens, n.info, n.nodeConnections(this.nodeId)], [this.nodeId, this.#token, n.userKeyPrefix])
     }
+    this.#stopped = true
     this.#registered = false
     await Promise.all([quit(this.commands), quit(this.#sub)])
   }
@@ -516,7 +519,7 @@ export class Cluster implements TopicListener {
   #startBeat (): void {
     if (this.#beat !== null) return
     this.#beat = setInterval(() => {
-      if (!this.#usable()) return
+      if (!this.#usable() || this.#stopping) return
       // A timeout without a dropped connection leaves no 'ready' to recover on: the beat does.
       if (this.#down) this.#recover()
       else this.#register().catch(noop)
@@ -527,7 +530,7 @@ export class Cluster implements TopicListener {
   // Redis is back: register again (checking the id), put back every local connection's
   // presence, and let the subscriber's own 'ready' restore the channels.
   #recover (): void {
-    if (this.#stopped || this.#recovering !== null || !this.#usable()) return
+    if (this.#stopping || this.#recovering !== null || !this.#usable()) return
     this.#recovering = (async () => {
       const registered = await this.#register()
       if (registered !== 'ok') return
