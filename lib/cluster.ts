@@ -100,8 +100,15 @@ const BATCH = 1000
 
 function noop (): void {}
 
-function answer<T> (items: T[], complete: boolean, unanswered: string[] = []): ClusterAnswer<T> {
-  return Object.assign(items, { complete, unanswered })
+/**
+ * The array with `complete` and `unanswered` as non-enumerable properties: code that compares
+ * or spreads the array sees the items only, as before cluster mode existed.
+ */
+export function answer<T> (items: T[], complete: boolean, unanswered: string[] = []): ClusterAnswer<T> {
+  return Object.defineProperties(items, {
+    complete: { value: complete, enumerable: false },
+    unanswered: { value: Object.freeze(unanswered), enumerable: false }
+  }) as ClusterAnswer<T>
 }
 
 /** One node's membership of the cluster: its Redis connections, subscriptions and presence. */

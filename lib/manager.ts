@@ -15,7 +15,7 @@ import { ipKey } from './ip'
 import { MessageRateLimiter, type MessageLimitStats } from './message-limits'
 import type { ResolvedOptions, ResolvedRouteConfig } from './options'
 import { InboundPipeline } from './pipeline'
-import { Cluster, type ClusterAnswer, type ClusterHost, type ClusterNode, type ClusterStats, type PresenceEntry } from './cluster'
+import { answer, Cluster, type ClusterAnswer, type ClusterHost, type ClusterNode, type ClusterStats, type PresenceEntry } from './cluster'
 import type { ResolvedClusterOptions } from './cluster-options'
 import { checkTopic, TopicRegistry } from './topics'
 import { LocalConnectionRegistry, type ConnectionRegistry } from './registry'
@@ -306,9 +306,9 @@ export class WsManager implements ConnectionHost {
     if (checked instanceof Error) throw checked
     const local = Promise.all(this.#registry.byUser(userId).map((c) => c.close(checked.code, checked.reason, checked.timeout)))
     const cluster = this.#cluster
-    if (cluster === null) return Object.assign(await local, { complete: true, unanswered: [] })
+    if (cluster === null) return answer(await local, true)
     const [mine, remote] = await Promise.all([local, cluster.disconnectRemote(userId, checked.code, checked.reason, checked.timeout)])
-    return Object.assign([...mine, ...remote.results], { complete: remote.complete, unanswered: remote.unanswered })
+    return answer([...mine, ...remote.results], remote.complete, remote.unanswered)
   }
 
   #fanOut (targets: Iterable<Connection>, prepared: Prepared, filter: ((c: Connection) => boolean) | undefined): number {
