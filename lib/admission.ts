@@ -138,7 +138,7 @@ export function createClusterAdmitHook (manager: WsManager, settings: AdmissionS
     ;(request as RequestWithAuth)[kReservation] = reservation
     // An upgrade that never becomes a connection (ws refused the handshake, the client left)
     // gives its place back when its socket closes.
-    request.raw.socket.once('close', () => releaseReservation(manager, request))
+    request.raw.socket?.once('close', () => releaseReservation(manager, request))
   }
 }
 

@@ -4,16 +4,18 @@ import { test, type TestContext } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { join } from 'node:path'
+import type { Writable } from 'node:stream'
 import Fastify, { type FastifyInstance } from 'fastify'
 import jwt from '@fastify/jwt'
 import { Cluster as RedisCluster, Redis } from 'ioredis'
 import wsManager, { loadConfig, normalizeOptions, type WsManagerOptions } from '../lib/index'
+import { logCapture } from './helper'
 import { Client, freePort, JWT_SECRET, openClient, PrivateRedis, uniquePrefix, waitUntil } from './fixtures/cluster'
 
 const REDIS = 'redis://127.0.0.1:6379'
 
-async function app (t: TestContext, options: WsManagerOptions): Promise<FastifyInstance> {
-  const instance = Fastify({ logger: false })
+async function app (t: TestContext, options: WsManagerOptions, stream?: Writable): Promise<FastifyInstance> {
+  const instance = Fastify({ logger: stream === undefined ? false : { level: 'info', stream } })
   t.after(() => instance.close())
   await instance.register(jwt, { secret: JWT_SECRET })
   await instance.register(wsManager, options)
@@ -132,6 +134,27 @@ test('a node that starts while Redis is down starts unhealthy, serves local traf
   await waitUntil(() => cluster?.healthy === true, 5000, 'healthy')
   await waitUntil(async () => (await cluster?.countByUser('rae')) === 1, 3000, 'presence registered')
   await waitUntil(() => client.received.includes('local'), 1000, 'local delivery')
+})
+
+test('during an outage the per-user cap counts this node, with one warn log per outage', async (t) => {
+  const redis = new PrivateRedis(await freePort())
+  await redis.start()
+  t.after(() => redis.stop())
+  const log = logCapture()
+  const instance = await app(t, { maxConnectionsPerUser: 2, cluster: { redis: redis.url, prefix: uniquePrefix(), nodeId: 'solo', requestTimeout: 300 } }, log.stream)
+  const fallbacks = (): number => log.lines.filter((l) => l.level === 40 && String(l.msg).includes('limits count this node only')).length
+  for (let outage = 1; outage <= 2; outage++) {
+    await redis.stop()
+    await waitUntil(() => instance.wsManager.cluster?.healthy === false, 3000, 'unhealthy')
+    const clients = [await openClient(t, urlOf(instance), `u${outage}`), await openClient(t, urlOf(instance), `u${outage}`)]
+    await assert.rejects(openClient(t, urlOf(instance), `u${outage}`), { status: 429 })
+    await assert.rejects(openClient(t, urlOf(instance), `u${outage}`), { status: 429 })
+    assert.equal(fallbacks(), outage, 'one warn log per outage')
+    for (const c of clients) c.ws.close()
+    await redis.start()
+    await waitUntil(() => instance.wsManager.cluster?.healthy === true, 5000, 'healthy again')
+  }
+  assert.ok((instance.wsManager.stats().cluster?.commandFailures ?? 0) > 0)
 })
 
 test('topics work without a cluster, and a connection has at most maxTopicsPerConnection', async (t) => {
