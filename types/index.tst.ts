@@ -2,6 +2,7 @@ import { expect, test } from 'tstyche'
 import Fastify from 'fastify'
 import wsManager, {
   CloseCode, Connection, GracefulCloseManager, loadConfig,
+  type ClusterApi, type ClusterNode, type DisconnectResults, type PresenceEntry,
   type CloseResult, type ConnectionRegistry, type SendResult, type HealthReport, type ServerConfig, type WsManagerOptions, type WsManagerStats
 } from '..'
 
@@ -64,7 +65,9 @@ test('delivery is typed', () => {
   })
   expect(app.wsManager.broadcast({ a: 1 }, { route: '/d', filter: (c) => c.userId !== null })).type.toBe<Promise<number>>()
   expect(app.wsManager.sendToUser('u', 'hi')).type.toBe<Promise<number>>()
-  expect(app.wsManager.disconnectUser('u', { code: 4000 })).type.toBe<Promise<CloseResult[]>>()
+  expect(app.wsManager.disconnectUser('u', { code: 4000 })).type.toBe<Promise<DisconnectResults>>()
+  expect(app.wsManager.publish('room', { hi: 1 })).type.toBe<Promise<number>>()
+  expect(app.wsManager.broadcast('x', { route: '/ws', local: true })).type.toBe<Promise<number>>()
 })
 
 test('close codes are literal numbers', () => {
@@ -75,4 +78,21 @@ test('close codes are literal numbers', () => {
 test('loadConfig returns options the plugin accepts', () => {
   expect(loadConfig()).type.toBe<ServerConfig>()
   expect(loadConfig({ PING_INTERVAL: '1000' }).options).type.toBeAssignableTo<WsManagerOptions>()
+})
+
+test('cluster mode: the option, fastify.wsManager.cluster and topics', () => {
+  expect(app.register(wsManager, { cluster: { redis: 'redis://127.0.0.1:6379', prefix: 'chat', nodeId: 'a', requestTimeout: 500, presenceTtl: 3000, pubsub: 'sharded' } })).type.not.toRaiseError()
+  expect(app.register(wsManager, { cluster: { prefix: 'chat' } })).type.toRaiseError()
+  expect(app.register(wsManager, { cluster: { redis: 6379 } })).type.toRaiseError()
+  expect(app.wsManager.cluster).type.toBe<ClusterApi | null>()
+  const cluster = app.wsManager.cluster as ClusterApi
+  expect(cluster.nodeId).type.toBe<string>()
+  expect(cluster.healthy).type.toBe<boolean>()
+  expect(cluster.nodes()).type.toBe<Promise<ClusterNode[] & { readonly complete: boolean, readonly unanswered: readonly string[] }>>()
+  expect(cluster.presence('u')).type.toBe<Promise<PresenceEntry[] & { readonly complete: boolean, readonly unanswered: readonly string[] }>>()
+  expect(cluster.countByUser('u')).type.toBe<Promise<number>>()
+  const connection = {} as Connection
+  expect(connection.subscribe('room')).type.toBe<Promise<void>>()
+  expect(connection.unsubscribe('room')).type.toBe<boolean>()
+  expect(connection.topics).type.toBe<string[]>()
 })
