@@ -18,6 +18,7 @@ import { InboundPipeline } from './pipeline'
 import { answer, Cluster, type ClusterAnswer, type ClusterHost, type ClusterNode, type ClusterStats, type PresenceEntry } from './cluster'
 import type { ResolvedClusterOptions } from './cluster-options'
 import { checkTopic, TopicRegistry } from './topics'
+import { TrafficTotals, type RouteTraffic } from './traffic'
 import { LocalConnectionRegistry, type ConnectionRegistry } from './registry'
 import type { MessageRouter } from './router'
 import type { ManagedWebSocket } from './socket'
@@ -74,6 +75,8 @@ export interface WsManagerStats {
   admission: AdmissionStats
   /** Topics with a local subscriber. */
   topics: { active: number }
+  /** Connections, closes (by code and initiator), messages and wire bytes, by route. */
+  routes: Record<string, RouteTraffic>
   /** Cluster counters; null when cluster mode is off. */
   cluster: ClusterStats | null
 }
@@ -148,6 +151,8 @@ export class WsManager implements ConnectionHost {
   readonly options: ResolvedOptions
   /** Local topic subscriptions. */
   readonly topics: TopicRegistry<Connection>
+  /** Per-route totals, kept at connection events. */
+  readonly traffic = new TrafficTotals()
   readonly #registry: LocalConnectionRegistry
   #cluster: Cluster | null = null
   #clusterApi: ClusterApi | null = null
@@ -370,6 +375,7 @@ export class WsManager implements ConnectionHost {
         messages: this.messageLimiter === null ? null : this.messageLimiter.getStats()
       },
       topics: { active: this.topics.size },
+      routes: this.traffic.snapshot(this.#registry),
       cluster: this.#cluster === null ? null : this.#cluster.stats()
     }
   }
@@ -436,6 +442,7 @@ export class WsManager implements ConnectionHost {
     if (data !== undefined) connection.data = data as Record<string, unknown>
     socket[kAttach](connection)
     this.#registry.add(connection)
+    this.traffic.opened(connection)
     if (userId !== null && this.#cluster !== null && this.#registry.countByUser(userId) === 1) this.#cluster.userJoined(userId)
     this.#open++
     this.#opened++
@@ -501,6 +508,7 @@ export class WsManager implements ConnectionHost {
   /** @internal */
   connectionLeftOpen (connection: Connection): void {
     this.#open--
+    this.traffic.leftOpen(connection)
     // Nothing more to learn from a connection on its way out: no pings, no idle close.
     this.heartbeat.stopHeartbeat(connection.socket)
     this.topics.removeConnection(connection)
@@ -512,6 +520,7 @@ export class WsManager implements ConnectionHost {
   connectionClosed (connection: Connection, info: CloseInfo): void {
     if (!this.#registry.delete(connection)) return
     this.#closed++
+    this.traffic.closed(connection, info)
     // The heartbeat stopped when the connection left 'open' (connectionLeftOpen).
     this.compression.untrack(connection.socket)
     if (connection.rateBucket !== null) this.messageLimiter?.release(connection.rateBucket)

@@ -154,6 +154,21 @@ export interface WsManagerOptions {
    * @default false
    */
   cluster?: false | ClusterOptions
+  /**
+   * A live dashboard served by the plugin: `{ path, authorize(request) }`. Off unless set;
+   * `authorize` is required (a request refused by it gets 403; with auth on, a valid token is
+   * needed first, from any of the auth sources).
+   * @default false
+   */
+  dashboard?: false | DashboardOptions
+}
+
+/** The live dashboard's options. */
+export interface DashboardOptions {
+  /** @default '/ws/dashboard' */
+  path?: string
+  /** Decides who may see the dashboard; runs after token verification when auth is on (request.user is set). */
+  authorize: (request: FastifyRequest) => boolean | Promise<boolean>
 }
 
 /** Per-route settings, as `config: { wsManager: { ... } }` on a `{ websocket: true }` route. */
@@ -198,6 +213,7 @@ export interface ResolvedOptions {
   connectionData: ((request: FastifyRequest) => object) | null
   maxTopicsPerConnection: number
   cluster: ResolvedClusterOptions | false
+  dashboard: { path: string, authorize: (request: FastifyRequest) => boolean | Promise<boolean> } | false
 }
 
 /** The defaults every option starts from. */
@@ -221,12 +237,13 @@ export const DEFAULTS: Readonly<ResolvedOptions> = Object.freeze({
   ws: Object.freeze({}),
   connectionData: null,
   maxTopicsPerConnection: 100,
-  cluster: false as const
+  cluster: false as const,
+  dashboard: false as const
 })
 
 const TOP_LEVEL_KEYS = ['auth', 'allowedOrigins', 'requireOrigin', 'upgradeRateLimit', 'messageRateLimit', 'maxConnections',
   'maxConnectionsPerIp', 'maxConnectionsPerUser', 'onUserLimit', 'close', 'heartbeat', 'idleTimeout', 'frameSize', 'compression',
-  'backpressure', 'messageErrorLimit', 'ws', 'connectionData', 'maxTopicsPerConnection', 'cluster'] as const
+  'backpressure', 'messageErrorLimit', 'ws', 'connectionData', 'maxTopicsPerConnection', 'cluster', 'dashboard'] as const
 const ROUTE_KEYS = ['auth', 'upgradeRateLimit', 'heartbeat', 'idleTimeout', 'backpressure', 'messages', 'messageErrorLimit', 'hooks'] as const
 
 function checkBool (name: string, value: unknown): boolean {
@@ -272,6 +289,17 @@ function resolveWs (input: unknown): Record<string, unknown> {
   return { ...input }
 }
 
+function resolveDashboard (input: unknown): ResolvedOptions['dashboard'] {
+  if (input === undefined || input === false) return false
+  const given = section('dashboard', input, ['path', 'authorize'])
+  if (typeof given.authorize !== 'function') fail('dashboard.authorize', 'required: a function (request) => boolean deciding who may see the dashboard')
+  const path = given.path ?? '/ws/dashboard'
+  if (typeof path !== 'string' || !/^\/[A-Za-z0-9._~\-/]*$/.test(path) || path.endsWith('/') || path.includes('//')) {
+    fail('dashboard.path', 'expected an absolute path such as /ws/dashboard, without a trailing slash')
+  }
+  return { path, authorize: given.authorize as (request: FastifyRequest) => boolean | Promise<boolean> }
+}
+
 /**
  * Applies the defaults and validates every option once, at registration.
  * @throws FST_WSM_OPTION_INVALID naming the option and what it allows.
@@ -306,7 +334,8 @@ export function normalizeOptions (input: unknown = {}): ResolvedOptions {
     ws: resolveWs(opts.ws),
     connectionData: resolveConnectionData(opts.connectionData),
     maxTopicsPerConnection: checkInt('maxTopicsPerConnection', opts.maxTopicsPerConnection ?? DEFAULTS.maxTopicsPerConnection, 0, 1_000_000),
-    cluster: resolveCluster(opts.cluster)
+    cluster: resolveCluster(opts.cluster),
+    dashboard: resolveDashboard(opts.dashboard)
   }
 }
 

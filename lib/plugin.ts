@@ -11,6 +11,7 @@ import {
   type AdmissionSettings, type CreateRateLimit, type RateLimiter
 } from './admission'
 import { Authenticator } from './auth'
+import { registerDashboard, type DashboardGate } from './dashboard'
 import { isCompressionError, perMessageDeflateOptions } from './compression-profiles'
 import { HOLD_HOOKS, type Connection, type RouteSettings } from './connection'
 import { channels, handlerTraced, handlerTracing } from './diagnostics'
@@ -23,7 +24,7 @@ import { WsManager } from './manager'
 import { normalizeOptions, resolveRouteConfig, type WsManagerOptions } from './options'
 import { createOriginCheck } from './origin'
 import { createUrlRedactor } from './redact'
-import { refuseRawSocket, UpgradeRefusal } from './refusal'
+import { refusalBody, refuseRawSocket, UpgradeRefusal } from './refusal'
 import { createAjv, MessageRouter } from './router'
 import { ManagedWebSocket } from './socket'
 
@@ -224,7 +225,8 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
       // @fastify/websocket upgrades on every route and only then closes sockets of routes
       // without a WebSocket handler: a 101 that no admission check has seen. Refused here.
       routeOptions.onRequest = appendHook(routeOptions.onRequest, refuseUnmanagedUpgrade)
-      if (methods.includes('GET')) remember(routeOptions.url, false)
+      // The dashboard's page takes a token in its query like the WebSocket routes: redacted.
+      if (methods.includes('GET')) remember(routeOptions.url, isDashboardPath(routeOptions.url) && auth !== false)
       return
     }
     const route = routeOptions.url
@@ -264,6 +266,11 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
     if (cluster !== null) routeOptions.preHandler = appendHook(routeOptions.preHandler, createClusterAdmitHook(manager, admission, route))
     routeOptions.preHandler = appendHook(routeOptions.preHandler, createCapsHook(manager, admission))
   })
+
+  function isDashboardPath (url: string): boolean {
+    const dashboard = options.dashboard
+    return dashboard !== false && (url === dashboard.path || url.startsWith(dashboard.path + '/'))
+  }
 
   function remember (url: string, redact: boolean): void {
     try {
@@ -315,6 +322,33 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
     }
     done()
   })
+
+  const dashboard = options.dashboard
+  if (dashboard !== false) {
+    // A valid token first when auth is on (from any auth source), then the application's say.
+    const gate: DashboardGate = async (request, reply) => {
+      if (auth !== false) {
+        authenticator ??= new Authenticator(fastify, auth)
+        const result = await authenticator.authenticate(request)
+        if (result instanceof UpgradeRefusal) {
+          reply.code(result.statusCode).headers(result.headers).type('application/json; charset=utf-8').send(refusalBody(result.statusCode, result.message))
+          return false
+        }
+      }
+      let allowed = false
+      try {
+        allowed = await dashboard.authorize(request) === true
+      } catch (err) {
+        request.log.error({ err }, 'dashboard authorize failed')
+      }
+      if (!allowed) {
+        reply.code(403).type('application/json; charset=utf-8').send(refusalBody(403, 'Not allowed to see the dashboard'))
+        return false
+      }
+      return true
+    }
+    registerDashboard(fastify, manager, { path: dashboard.path }, gate)
+  }
 
   if (cluster !== null) {
     // Last, so that nothing after it can fail registration with the node registered in Redis.
