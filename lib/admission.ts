@@ -109,7 +109,11 @@ export function reservationOf (request: FastifyRequest): Reservation | undefined
 /** Gives back the place of an upgrade that was refused after it was admitted in the cluster. */
 export function releaseReservation (manager: WsManager, request: FastifyRequest): void {
   const reservation = reservationOf(request)
-  if (reservation === undefined || reservation.accepted) return
+  if (reservation !== undefined) release(manager, reservation)
+}
+
+function release (manager: WsManager, reservation: Reservation): void {
+  if (reservation.accepted) return
   reservation.accepted = true
   manager.clusterNode?.leave(reservation.userId, reservation.id)
 }
@@ -137,8 +141,14 @@ export function createClusterAdmitHook (manager: WsManager, settings: AdmissionS
     const reservation: Reservation = { id, userId: auth.userId, evict: admission.evict, accepted: false }
     ;(request as RequestWithAuth)[kReservation] = reservation
     // An upgrade that never becomes a connection (ws refused the handshake, the client left)
-    // gives its place back when its socket closes.
-    request.raw.socket?.once('close', () => releaseReservation(manager, request))
+    // gives its place back when its socket closes; the listener holds the reservation only,
+    // not the request.
+    const socket = request.raw.socket as typeof request.raw.socket | undefined
+    if (socket === undefined || socket.destroyed) {
+      release(manager, reservation)
+      return
+    }
+    socket.once('close', () => release(manager, reservation))
   }
 }
 

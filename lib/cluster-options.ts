@@ -13,7 +13,8 @@ export interface ClusterOptions {
    */
   redis: string | Redis
   /**
-   * Prefix of every key and channel, so that several applications can share one Redis.
+   * Prefix of every key and channel, so that several applications can share one Redis
+   * (1 to 64 of A-Z a-z 0-9 . _ -).
    * Env CLUSTER_PREFIX.
    * @default 'wsm'
    */
@@ -46,6 +47,9 @@ export interface ResolvedClusterOptions {
 }
 
 const NAME = /^[A-Za-z0-9._:-]{1,64}$/
+// No ':' in a prefix: channels are `prefix:kind:...`, and a prefix with ':' could make one
+// application's topic channel another's broadcast channel.
+const PREFIX = /^[A-Za-z0-9._-]{1,64}$/
 
 function isRedisClient (value: unknown): value is Redis {
   return typeof value === 'object' && value !== null &&
@@ -71,7 +75,7 @@ export function resolveCluster (input: unknown): ResolvedClusterOptions | false 
     fail('cluster.redis', 'a Redis Cluster client is not supported yet: pass a client of one Redis server (or Sentinel)')
   }
   const prefix = given.prefix ?? 'wsm'
-  if (typeof prefix !== 'string' || !NAME.test(prefix)) fail('cluster.prefix', 'expected 1 to 64 characters from A-Z a-z 0-9 . _ : -')
+  if (typeof prefix !== 'string' || !PREFIX.test(prefix)) fail('cluster.prefix', 'expected 1 to 64 characters from A-Z a-z 0-9 . _ -')
   const nodeId = given.nodeId ?? defaultNodeId()
   if (typeof nodeId !== 'string' || !NAME.test(nodeId)) fail('cluster.nodeId', 'expected 1 to 64 characters from A-Z a-z 0-9 . _ : -')
   return {

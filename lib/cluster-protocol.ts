@@ -129,21 +129,30 @@ end
 `
 
 /**
- * Registers or refreshes this node. KEYS: nodes, tokens, info. ARGV: nodeId, token, ttl, info.
- * Returns 0 when another live node holds the id, else {1, oldest dead node id or nothing}.
+ * Registers or refreshes this node. KEYS: nodes, tokens, info, this node's node-conns.
+ * ARGV: nodeId, token, ttl, info, the user key prefix.
+ * Returns 0 when another live node holds the id, else {1, the oldest dead node id or '',
+ * 1 when Redis did not know this process under the id}. A new process under an id whose old holder died first removes what the old one left: its
+ * connections are not this process's.
  */
 export const REGISTER = new Script(`
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if score and tonumber(score) > now then
-  local holder = redis.call('HGET', KEYS[2], ARGV[1])
-  if holder and holder ~= ARGV[2] then return 0 end
+local holder = redis.call('HGET', KEYS[2], ARGV[1])
+if score and tonumber(score) > now and holder and holder ~= ARGV[2] then return 0 end
+if holder ~= ARGV[2] then
+  local items = redis.call('HGETALL', KEYS[4])
+  for i = 1, #items, 2 do
+    redis.call('HDEL', ARGV[5] .. items[i + 1], items[i])
+  end
+  redis.call('DEL', KEYS[4])
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1)
-if dead[1] then return {1, dead[1]} end
-return {1}
+local fresh = 0
+if holder ~= ARGV[2] then fresh = 1 end
+return {1, dead[1] or '', fresh}
 `)
 
 /**
@@ -214,6 +223,24 @@ for i = 1, #entries, 2 do
   end
 end
 return result
+`)
+
+/**
+ * Removes this node's entries for connections it no longer has (they closed while Redis was
+ * out of reach, or an admission timed out here but ran there). KEYS: this node's node-conns.
+ * ARGV: the user key prefix, then the ids to remove. Returns how many went.
+ */
+export const FORGET = new Script(`
+local removed = 0
+for i = 2, #ARGV do
+  local user = redis.call('HGET', KEYS[1], ARGV[i])
+  if user then
+    redis.call('HDEL', ARGV[1] .. user, ARGV[i])
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    removed = removed + 1
+  end
+end
+return removed
 `)
 
 /** The live nodes. KEYS: nodes, info. Returns {nodeId, info JSON, ...}. */

@@ -9,7 +9,7 @@ import { Redis, type RedisOptions } from 'ioredis'
 import type { CloseResult } from './close'
 import type { ResolvedClusterOptions } from './cluster-options'
 import {
-  ADMIT, COLLECT, ClusterNames, decode, DEREGISTER, encode, NODES, PRESENCE, REGISTER,
+  ADMIT, COLLECT, ClusterNames, decode, DEREGISTER, encode, FORGET, NODES, PRESENCE, REGISTER,
   type Envelope, type Header, type Script
 } from './cluster-protocol'
 import { errors } from './errors'
@@ -126,6 +126,8 @@ export class Cluster implements TopicListener {
   readonly #startedAt = Date.now()
   readonly #wanted = new Map<string, Subscription>()
   readonly #pending = new Map<string, PendingRequest>()
+  // Admissions that took their place in Redis and have no connection yet.
+  readonly #reserved = new Map<string, { userId: string, entry: string }>()
   #mode: 'sharded' | 'classic' | null = null
   #registered = false
   #started = false
@@ -206,7 +208,8 @@ export class Cluster implements TopicListener {
     }
     this.#started = true
     if (registered === 'failed') this.#markDown(null)
-    await this.#subscribed()
+    // Bounded: a Redis that answers slowly lets the node start, unhealthy until it catches up.
+    await withTimeout(this.#subscribed(), this.options.requestTimeout).catch(() => this.#markDown(null))
     this.#startBeat()
   }
 
@@ -274,22 +277,37 @@ export class Cluster implements TopicListener {
     const entry = JSON.stringify([this.nodeId, route, Date.now()])
     const reply = await this.#eval(ADMIT, [n.nodes, n.userKey(userId), n.nodeConnections(this.nodeId)],
       [this.nodeId, connectionId, entry, n.userPart(userId), String(max), mode])
-    if (reply === FAILED || !Array.isArray(reply)) return { outcome: 'unavailable' }
+    if (reply === FAILED || !Array.isArray(reply)) {
+      // It may still run in Redis after the timeout: the next resync removes that entry.
+      this.#markDown(null)
+      return { outcome: 'unavailable' }
+    }
     if (reply[0] !== 1) return { outcome: 'refused' }
+    this.#reserved.set(connectionId, { userId, entry })
     const evict: Array<{ connectionId: string, nodeId: string }> = []
     for (let i = 1; i + 1 < reply.length; i += 2) evict.push({ connectionId: String(reply[i]), nodeId: String(reply[i + 1]) })
     return { outcome: 'admitted', evict }
   }
 
+  /** An admitted upgrade became a connection: presence now follows the connection. */
+  settled (connectionId: string): void {
+    this.#reserved.delete(connectionId)
+  }
+
   /** Takes a connection out of presence (it closed, or its upgrade never happened). */
   leave (userId: string, connectionId: string): void {
+    this.#reserved.delete(connectionId)
+    // Out of reach: the resync when Redis is back removes the entry.
     if (!this.#usable()) return
     const n = this.names
     this.commands.multi()
       .hdel(n.userKey(userId), connectionId)
       .hdel(n.nodeConnections(this.nodeId), connectionId)
       .exec()
-      .catch((err: unknown) => this.#failed(err))
+      .catch((err: unknown) => {
+        this.#failed(err)
+        this.#markDown(err)
+      })
   }
 
   /** The first local connection of a user: subscribe the user's channel. */
@@ -434,12 +452,22 @@ export class Cluster implements TopicListener {
 
   async #detectMode (): Promise<'sharded' | 'classic' | null> {
     if (this.options.pubsub !== 'auto') return this.options.pubsub
+    // HELLO (the @connection category) first: an ACL without @dangerous refuses INFO.
+    try {
+      const hello = await this.#sub.call('HELLO') as unknown[]
+      const at = hello.indexOf('version')
+      if (at >= 0) return Number(String(hello[at + 1]).split('.')[0]) >= 7 ? 'sharded' : 'classic'
+    } catch (err) {
+      this.#failed(err)
+    }
     try {
       const info = await this.#sub.info('server')
       const major = Number(/redis_version:(\d+)/.exec(info)?.[1] ?? 0)
       return major >= 7 ? 'sharded' : 'classic'
     } catch (err) {
       this.#failed(err)
+      // Tried again at the next refresh; meanwhile nobody waits for a subscription.
+      for (const subscription of this.#wanted.values()) subscription.resolve()
       return null
     }
   }
@@ -458,9 +486,11 @@ export class Cluster implements TopicListener {
     return true
   }
 
-  readonly #onMessage = (_channel: Buffer, message: Buffer): void => {
+  readonly #onMessage = (channel: Buffer, message: Buffer): void => {
     const envelope = decode(message)
-    if (envelope === null) {
+    // A message must belong to the channel it came on: a topic's publication is never taken
+    // for a broadcast, whatever the names.
+    if (envelope === null || channel.toString() !== this.#channelOf(envelope.header)) {
       this.#stats.malformed++
       return
     }
@@ -472,6 +502,15 @@ export class Cluster implements TopicListener {
       this.#dispatch(header, envelope)
     } catch (err) {
       this.#log.error({ err }, 'cluster: message handling failed')
+    }
+  }
+
+  #channelOf (header: Header): string {
+    switch (header.k) {
+      case 'u': case 'd': return this.names.userChannel(header.u)
+      case 't': return this.names.topicChannel(header.t)
+      case 'b': return this.names.broadcast
+      default: return this.names.nodeChannel(this.nodeId)
     }
   }
 
@@ -498,10 +537,13 @@ export class Cluster implements TopicListener {
     }
   }
 
-  async #register (): Promise<'ok' | 'taken' | 'failed'> {
+  // 'fresh': Redis did not know this process under the id (a new Redis, an id taken back
+  // from a dead process, or this node was given up for dead): its presence must be put back.
+  async #register (): Promise<'ok' | 'fresh' | 'taken' | 'failed'> {
     const n = this.names
     const info = JSON.stringify({ connections: this.#host.connectionCount(), startedAt: this.#startedAt })
-    const reply = await this.#eval(REGISTER, [n.nodes, n.tokens, n.info], [this.nodeId, this.#token, String(this.options.presenceTtl), info])
+    const reply = await this.#eval(REGISTER, [n.nodes, n.tokens, n.info, n.nodeConnections(this.nodeId)],
+      [this.nodeId, this.#token, String(this.options.presenceTtl), info, n.userKeyPrefix])
     if (reply === FAILED) return 'failed'
     if (!Array.isArray(reply)) {
       // At start the caller throws FST_WSM_CLUSTER_NODE_ID_TAKEN; later it can only be logged.
@@ -510,8 +552,8 @@ export class Cluster implements TopicListener {
       return 'taken'
     }
     this.#registered = true
-    if (typeof reply[1] === 'string') this.#collect(reply[1]).catch(noop)
-    return 'ok'
+    if (typeof reply[1] === 'string' && reply[1] !== '') this.#collect(reply[1]).catch(noop)
+    return reply[2] === 1 ? 'fresh' : 'ok'
   }
 
   // A dead node's presence entries, 500 at a time, up to 20 rounds per refresh.
@@ -529,35 +571,67 @@ export class Cluster implements TopicListener {
       if (!this.#usable() || this.#stopping) return
       // A timeout without a dropped connection leaves no 'ready' to recover on: the beat does.
       if (this.#down) this.#recover()
-      else this.#register().catch(noop)
+      else {
+        this.#register().then((result) => { if (result === 'fresh') this.#recover(true) }, noop)
+      }
+      if (this.#mode === null && this.#sub.status === 'ready') this.#subscribeAll().catch(noop)
     }, Math.max(100, Math.floor(this.options.presenceTtl / 3)))
     this.#beat.unref()
   }
 
-  // Redis is back: register again (checking the id), put back every local connection's
-  // presence, and let the subscriber's own 'ready' restore the channels.
-  #recover (): void {
+  // Redis is back (or was wrong about this node): register again (checking the id), then make
+  // Redis's presence of this node match its connections, both ways: entries of connections
+  // that closed meanwhile (or of admissions that timed out here but ran there) go, every open
+  // connection and pending admission is put back. The subscriber's own 'ready' restores channels.
+  #recover (registered = false): void {
     if (this.#stopping || this.#recovering !== null || !this.#usable()) return
     this.#recovering = (async () => {
-      const registered = await this.#register()
-      if (registered !== 'ok') return
-      const n = this.names
-      let batch = this.commands.pipeline()
-      let count = 0
-      for (const { userId, entry } of this.#host.localPresence()) {
-        batch.hset(n.userKey(userId), entry.connectionId, JSON.stringify([entry.nodeId, entry.route, entry.openedAt]))
-        batch.hset(n.nodeConnections(this.nodeId), entry.connectionId, n.userPart(userId))
-        if (++count % BATCH === 0) {
-          await batch.exec()
-          batch = this.commands.pipeline()
-        }
+      if (!registered) {
+        const result = await this.#register()
+        if (result === 'taken' || result === 'failed') return
       }
-      await batch.exec()
-      if (this.#sub.status !== 'ready') return
+      const count = await this.#resync()
+      if (this.#sub.status !== 'ready' || !this.#down) return
       this.#down = false
       this.#fallbackWarned = false
       this.#log.info({ connections: count }, 'cluster: Redis reachable again, presence restored')
     })().catch((err: unknown) => this.#failed(err)).finally(() => { this.#recovering = null })
+  }
+
+  async #resync (): Promise<number> {
+    const n = this.names
+    const mine = n.nodeConnections(this.nodeId)
+    const local = new Map<string, { userId: string, entry: string }>()
+    for (const { userId, entry } of this.#host.localPresence()) {
+      local.set(entry.connectionId, { userId, entry: JSON.stringify([entry.nodeId, entry.route, entry.openedAt]) })
+    }
+    for (const [id, reserved] of this.#reserved) local.set(id, reserved)
+    const known = await this.commands.hkeys(mine)
+    await this.#forget(known.filter((id) => !local.has(id)))
+    let batch = this.commands.pipeline()
+    let count = 0
+    for (const [id, { userId, entry }] of local) {
+      batch.hset(n.userKey(userId), id, entry)
+      batch.hset(mine, id, n.userPart(userId))
+      if (++count % BATCH === 0) {
+        await batch.exec()
+        batch = this.commands.pipeline()
+      }
+    }
+    await batch.exec()
+    // A connection that closed while its entry was being put back would stay: take it out.
+    const stillOpen = new Set<string>()
+    for (const { entry } of this.#host.localPresence()) stillOpen.add(entry.connectionId)
+    await this.#forget([...local.keys()].filter((id) => !stillOpen.has(id) && !this.#reserved.has(id)))
+    return count
+  }
+
+  async #forget (ids: string[]): Promise<void> {
+    const n = this.names
+    for (let i = 0; i < ids.length; i += BATCH) {
+      const reply = await this.#eval(FORGET, [n.nodeConnections(this.nodeId)], [n.userKeyPrefix, ...ids.slice(i, i + BATCH)])
+      if (reply === FAILED) throw new Error('cluster: presence clean-up failed')
+    }
   }
 
   #usable (): boolean {

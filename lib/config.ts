@@ -163,7 +163,7 @@ export function loadConfig (env: Env = process.env): ServerConfig {
   }
   // Cluster mode when REDIS_URL is set; the prefix and node id are checked even without it.
   const name = (v: string): string | null => /^[A-Za-z0-9._:-]{1,64}$/.test(v) ? null : 'expected 1 to 64 characters from A-Z a-z 0-9 . _ : -'
-  const prefix = read.string('CLUSTER_PREFIX', 'wsm', name)
+  const prefix = read.string('CLUSTER_PREFIX', 'wsm', (v) => /^[A-Za-z0-9._-]{1,64}$/.test(v) ? null : 'expected 1 to 64 characters from A-Z a-z 0-9 . _ -')
   const nodeId = read.has('NODE_ID') ? read.string('NODE_ID', '', name) : undefined
   if (read.has('REDIS_URL')) {
     const redis = (env.REDIS_URL as string).trim()

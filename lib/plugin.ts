@@ -155,7 +155,10 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
       let connection
       try {
         connection = manager.accept(socket as ManagedWebSocket, request, route, settings, reservation?.id)
-        if (reservation !== undefined) reservation.accepted = true
+        if (reservation !== undefined) {
+          reservation.accepted = true
+          manager.clusterNode?.settled(reservation.id)
+        }
       } catch (err) {
         // Nothing may leave an upgraded socket unmanaged and open.
         request.log.error({ err }, 'connection setup failed')

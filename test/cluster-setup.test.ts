@@ -47,6 +47,7 @@ test('the cluster option is validated with FST_WSM_OPTION_INVALID', () => {
     [{ redis: {} }, 'cluster.redis'],
     [{ redis: REDIS, prefix: '{tag}' }, 'cluster.prefix'],
     [{ redis: REDIS, prefix: '' }, 'cluster.prefix'],
+    [{ redis: REDIS, prefix: 'app:topic' }, 'cluster.prefix'],
     [{ redis: REDIS, nodeId: 'a b' }, 'cluster.nodeId'],
     [{ redis: REDIS, nodeId: 'x'.repeat(65) }, 'cluster.nodeId'],
     [{ redis: REDIS, requestTimeout: 0 }, 'cluster.requestTimeout'],
@@ -90,6 +91,7 @@ test('loadConfig: REDIS_URL turns cluster mode on, with CLUSTER_PREFIX and NODE_
   assert.throws(() => loadConfig({ REDIS_URL: 'http://user:hunter2@host', JWT_SECRET: secret }), (err: Error) => !err.message.includes('hunter2'))
   invalid({ REDIS_URL: REDIS }, 'JWT_SECRET')
   invalid({ CLUSTER_PREFIX: 'a{b}' }, 'CLUSTER_PREFIX')
+  invalid({ CLUSTER_PREFIX: 'a:b' }, 'CLUSTER_PREFIX')
   invalid({ NODE_ID: 'pod 1' }, 'NODE_ID')
 })
 
