@@ -174,6 +174,9 @@ export function loadConfig (env: Env = process.env): ServerConfig {
       throw new errors.FST_WSM_ENV_INVALID('JWT_SECRET', '(unset)', 'required with REDIS_URL: every node must accept the same tokens')
     }
   }
+  const metricsOn = read.bool('METRICS_ENABLED', false)
+  const metricsPath = read.string('METRICS_PATH', '/metrics', (v) => /^\/[A-Za-z0-9._~\-/]*$/.test(v) ? null : 'expected an absolute path such as /metrics')
+  if (metricsOn) options.metrics = { endpoint: metricsPath }
   const headersTimeout = read.int('HEADERS_TIMEOUT', 10_000, 100, 600_000)
   const requestTimeout = read.int('REQUEST_TIMEOUT', 30_000, 0, 3_600_000)
   if (requestTimeout !== 0 && requestTimeout < headersTimeout) {

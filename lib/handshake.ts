@@ -21,10 +21,15 @@ export function createProtocolSelector (prefix: string): (protocols: Set<string>
  * with a listener present it hands the socket here instead of writing its own text/html
  * answer. Every refusal the plugin makes then has the same JSON body. ws reports no status,
  * only its message: 405 for the method, 400 otherwise; a bad version names the supported ones.
+ * Returns the status sent.
  */
-export function onClientError (error: Error, socket: Duplex, _request: IncomingMessage): void {
+export function onClientError (error: Error, socket: Duplex, _request: IncomingMessage): number {
   const message = error.message
-  if (message === 'Invalid HTTP method') refuseRawSocket(socket, 405, message)
-  else if (message.includes('Sec-WebSocket-Version')) refuseRawSocket(socket, 400, message, { 'Sec-WebSocket-Version': '13, 8' })
+  if (message === 'Invalid HTTP method') {
+    refuseRawSocket(socket, 405, message)
+    return 405
+  }
+  if (message.includes('Sec-WebSocket-Version')) refuseRawSocket(socket, 400, message, { 'Sec-WebSocket-Version': '13, 8' })
   else refuseRawSocket(socket, 400, message)
+  return 400
 }

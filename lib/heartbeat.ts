@@ -155,6 +155,8 @@ export class HeartbeatManager {
   #pongsReceived = 0
   #missedPongs = 0
   #timeouts = 0
+  /** Called with each latency sample in milliseconds (metrics); null when nobody listens. */
+  onLatency: ((ms: number) => void) | null = null
 
   /** @throws FST_WSM_OPTION_INVALID when an option is out of range or the detection bound exceeds `maxDetectionTime`. */
   constructor (options: HeartbeatOptions = {}) {
@@ -325,7 +327,10 @@ export class HeartbeatManager {
     if (!state.awaiting) return // unsolicited; `missed` is always 0 while nothing is outstanding
     // After a miss a late pong cannot be told from the answer to the retry, so only a pong
     // to the first ping of a round gives a latency sample.
-    if (state.missed === 0) state.latency = now - state.pingAt
+    if (state.missed === 0) {
+      state.latency = now - state.pingAt
+      if (this.onLatency !== null) this.onLatency(state.latency)
+    }
     state.missed = 0
     state.awaiting = false
     // Next ping one interval after the answered one went out (`due` is its deadline). As

@@ -98,6 +98,18 @@ export interface ClusterApi {
   countByUser (userId: string): Promise<number>
 }
 
+/** What the metrics learn at connection events (lib/metrics.ts); none of it per message. */
+export interface ConnectionObserver {
+  closed (connection: Connection, durationMs: number): void
+  refused (statusCode: number, reason: string): void
+}
+
+/** `fastify.wsManager.metrics` when metrics are on. */
+export interface MetricsApi {
+  /** The prom-client Registry holding the plugin's metrics. */
+  readonly registry: import('prom-client').Registry
+}
+
 /** What `disconnectUser()` resolves with: every close result, local and remote. */
 export type DisconnectResults = ClusterAnswer<CloseResult>
 
@@ -153,6 +165,10 @@ export class WsManager implements ConnectionHost {
   readonly topics: TopicRegistry<Connection>
   /** Per-route totals, kept at connection events. */
   readonly traffic = new TrafficTotals()
+  /** Prometheus metrics when the `metrics` option is on, else null. */
+  metrics: MetricsApi | null = null
+  /** @internal Told of closes and refusals (metrics); null when nobody listens. */
+  observer: ConnectionObserver | null = null
   readonly #registry: LocalConnectionRegistry
   #cluster: Cluster | null = null
   #clusterApi: ClusterApi | null = null
@@ -381,7 +397,8 @@ export class WsManager implements ConnectionHost {
   }
 
   /** @internal Counts a refused upgrade by status. */
-  countRefusal (statusCode: number): void {
+  countRefusal (statusCode: number, reason: string): void {
+    if (this.observer !== null) this.observer.refused(statusCode, reason)
     this.#refused[statusCode] = (this.#refused[statusCode] ?? 0) + 1
     if (statusCode === 401) this.#authFailures++
   }
@@ -521,6 +538,7 @@ export class WsManager implements ConnectionHost {
     if (!this.#registry.delete(connection)) return
     this.#closed++
     this.traffic.closed(connection, info)
+    if (this.observer !== null) this.observer.closed(connection, info.durationMs)
     // The heartbeat stopped when the connection left 'open' (connectionLeftOpen).
     this.compression.untrack(connection.socket)
     if (connection.rateBucket !== null) this.messageLimiter?.release(connection.rateBucket)
@@ -544,7 +562,7 @@ export class WsManager implements ConnectionHost {
 
   /** @internal Counts, publishes and reports (onRefused) a refused upgrade. */
   refused (request: FastifyRequest, statusCode: number, reason: string, hooks: HookRunner): void {
-    this.countRefusal(statusCode)
+    this.countRefusal(statusCode, reason)
     if (channels.refused.hasSubscribers) channels.refused.publish({ request, statusCode, reason })
     if (hooks.has('onRefused')) this.#runContained(hooks, 'onRefused', [request, { statusCode, reason }], request.log)
   }

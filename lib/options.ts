@@ -15,6 +15,7 @@ import type { MessageRoutes } from './router'
 import type { FastifyRequest } from 'fastify'
 import { checkInt, checkOneOf, fail, isPlainObject, section } from './validate'
 import { resolveCluster, type ClusterOptions, type ResolvedClusterOptions } from './cluster-options'
+import { resolveMetrics, type MetricsOptions, type ResolvedMetricsOptions } from './metrics-options'
 
 export { checkInt } from './validate'
 export type { CloseOptions } from './close'
@@ -161,6 +162,12 @@ export interface WsManagerOptions {
    * @default false
    */
   dashboard?: false | DashboardOptions
+  /**
+   * Prometheus metrics on prom-client: `true` for the defaults, or `{ endpoint, registry,
+   * prefix, defaultMetrics, onRequest }`. Env METRICS_ENABLED, METRICS_PATH.
+   * @default false
+   */
+  metrics?: boolean | MetricsOptions
 }
 
 /** The live dashboard's options. */
@@ -214,6 +221,7 @@ export interface ResolvedOptions {
   maxTopicsPerConnection: number
   cluster: ResolvedClusterOptions | false
   dashboard: { path: string, authorize: (request: FastifyRequest) => boolean | Promise<boolean> } | false
+  metrics: ResolvedMetricsOptions | false
 }
 
 /** The defaults every option starts from. */
@@ -238,12 +246,13 @@ export const DEFAULTS: Readonly<ResolvedOptions> = Object.freeze({
   connectionData: null,
   maxTopicsPerConnection: 100,
   cluster: false as const,
-  dashboard: false as const
+  dashboard: false as const,
+  metrics: false as const
 })
 
 const TOP_LEVEL_KEYS = ['auth', 'allowedOrigins', 'requireOrigin', 'upgradeRateLimit', 'messageRateLimit', 'maxConnections',
   'maxConnectionsPerIp', 'maxConnectionsPerUser', 'onUserLimit', 'close', 'heartbeat', 'idleTimeout', 'frameSize', 'compression',
-  'backpressure', 'messageErrorLimit', 'ws', 'connectionData', 'maxTopicsPerConnection', 'cluster', 'dashboard'] as const
+  'backpressure', 'messageErrorLimit', 'ws', 'connectionData', 'maxTopicsPerConnection', 'cluster', 'dashboard', 'metrics'] as const
 const ROUTE_KEYS = ['auth', 'upgradeRateLimit', 'heartbeat', 'idleTimeout', 'backpressure', 'messages', 'messageErrorLimit', 'hooks'] as const
 
 function checkBool (name: string, value: unknown): boolean {
@@ -335,7 +344,8 @@ export function normalizeOptions (input: unknown = {}): ResolvedOptions {
     connectionData: resolveConnectionData(opts.connectionData),
     maxTopicsPerConnection: checkInt('maxTopicsPerConnection', opts.maxTopicsPerConnection ?? DEFAULTS.maxTopicsPerConnection, 0, 1_000_000),
     cluster: resolveCluster(opts.cluster),
-    dashboard: resolveDashboard(opts.dashboard)
+    dashboard: resolveDashboard(opts.dashboard),
+    metrics: resolveMetrics(opts.metrics)
   }
 }
 

@@ -21,6 +21,7 @@ import { isFrameSizeError } from './frame-size'
 import { createProtocolSelector, onClientError } from './handshake'
 import { detachHttpResponse } from './internals'
 import { WsManager } from './manager'
+import { WsMetrics } from './metrics'
 import { normalizeOptions, resolveRouteConfig, type WsManagerOptions } from './options'
 import { createOriginCheck } from './origin'
 import { createUrlRedactor } from './redact'
@@ -72,6 +73,23 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
   // that @fastify/rate-limit below can share its command connection.
   const cluster = options.cluster === false ? null : manager.createCluster(options.cluster)
   fastify.decorate('wsManager', manager)
+  let metrics: WsMetrics | null = null
+  if (options.metrics !== false) {
+    metrics = new WsMetrics(options.metrics, {
+      stats: () => manager.stats(),
+      clusterNodes: () => cluster === null ? null : cluster.nodes().then((nodes) => nodes.length)
+    })
+    manager.metrics = metrics
+    manager.observer = metrics
+    manager.heartbeat.onLatency = metrics.observeLatency
+    if (options.metrics.endpoint !== false) metrics.route(fastify, options.metrics.endpoint, options.metrics.onRequest)
+    const registered = metrics
+    // The application's registry outlives the app: take the plugin's metrics out of it.
+    fastify.addHook('onClose', (_instance, done) => {
+      registered.remove()
+      done()
+    })
+  }
   fastify.decorateRequest('wsConnection', null)
   const ajv = createAjv()
   const listenServer = fastify.server
@@ -237,6 +255,7 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
     const router = config.messages === null
       ? null
       : new MessageRouter(config.messages, config.messageErrorLimit, ajv, `config.wsManager.messages (route ${route})`)
+    if (router !== null) router.observer = metrics
     const settings = manager.routeSettings(config, router, new RouteHooks(manager.hooks, config.hooks, `config.wsManager.hooks (route ${route})`))
     const admission: AdmissionSettings = {
       get authenticator () { return config.auth ? authenticator : null },
@@ -315,7 +334,9 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
   })
   // Exactly what registering @fastify/websocket added: removed at shutdown, and nothing else.
   const ownUpgradeListeners = listenServer.listeners('upgrade').filter((l) => !upgradeListenersBefore.has(l))
-  fastify.websocketServer.on('wsClientError', onClientError)
+  fastify.websocketServer.on('wsClientError', (error: Error, socket: Duplex, request: IncomingMessage) => {
+    manager.countRefusal(onClientError(error, socket, request), 'handshake')
+  })
 
   fastify.addHook('onClose', (_instance, done) => {
     listenServer.removeListener('upgrade', refuseUpgrade)

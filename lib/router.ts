@@ -20,6 +20,16 @@ export type MessageRoutes = Record<string, MessageRoute<any>>
 /** Codes of the `{ type: 'error', code, message }` replies. */
 export type RouterErrorCode = 'INVALID_JSON' | 'MISSING_TYPE' | 'UNKNOWN_TYPE' | 'INVALID_MESSAGE'
 
+/**
+ * Watches routed messages (metrics, tracing). `handle` runs the handler through `run` and
+ * returns what it returned (a promise it may chain, passing the value or the rejection on).
+ */
+export interface RouterObserver {
+  handle (connection: Connection, type: string, message: Record<string, unknown>, size: number, run: () => unknown): unknown
+  /** A message answered with an error reply. */
+  rejected (connection: Connection, code: RouterErrorCode): void
+}
+
 interface CompiledRoute {
   validate: ValidateFunction | null
   handler: MessageRoute['handler']
@@ -32,6 +42,11 @@ export function createAjv (): Ajv {
 
 function noop (): void {}
 
+function rawSize (data: WebSocket.RawData): number {
+  if (Array.isArray(data)) return data.reduce((n, b) => n + b.length, 0)
+  return data.byteLength
+}
+
 /**
  * The seed's message routing: text messages are JSON with a `type`; each type's schema is
  * checked before its handler runs. Errors answer with an error message and do not close,
@@ -41,6 +56,8 @@ function noop (): void {}
 export class MessageRouter {
   readonly #routes = new Map<string, CompiledRoute>()
   readonly #errorLimit: number
+  /** Set by the plugin when metrics or tracing are on. */
+  observer: RouterObserver | null = null
 
   /** @throws FST_WSM_OPTION_INVALID for a route without a handler or with a schema ajv cannot compile. */
   constructor (routes: MessageRoutes, errorLimit: number, ajv: Ajv, name = 'messages') {
@@ -89,7 +106,10 @@ export class MessageRouter {
     connection.routerErrors = 0
     let result: unknown
     try {
-      result = route.handler(message as Record<string, unknown>, connection)
+      const observer = this.observer
+      result = observer === null
+        ? route.handler(message as Record<string, unknown>, connection)
+        : observer.handle(connection, type, message as Record<string, unknown>, rawSize(data), () => route.handler(message as Record<string, unknown>, connection))
     } catch (err) {
       connection.fail(err, `router:${type}`)
       return false
@@ -107,6 +127,7 @@ export class MessageRouter {
 
   #reject (connection: Connection, code: RouterErrorCode, message: string, closeCode: number): void {
     connection.routerErrors++
+    if (this.observer !== null) this.observer.rejected(connection, code)
     connection.log.debug({ code }, 'message rejected')
     const sent = connection.deliver(Buffer.from(JSON.stringify({ type: 'error', code, message })), TEXT, false)
     if (sent instanceof Promise) sent.catch(noop)

@@ -72,7 +72,10 @@ export class TrafficTotals {
 
   closed (connection: Connection, info: CloseInfo): void {
     const totals = this.#of(connection.route)
-    const key = `${closeCodeLabel(info.code)}|${info.initiatedBy}`
+    // The code the server sent when it began the close (a 1009 stays a 1009 even when the
+    // peer never answered it); the peer's otherwise, 1006 when none came.
+    const code = info.initiatedBy === 'server' && info.sentCode !== null ? info.sentCode : info.code
+    const key = `${closeCodeLabel(code)}|${info.initiatedBy}`
     totals.closed.set(key, (totals.closed.get(key) ?? 0) + 1)
     totals.messagesReceived += info.messagesIn
     totals.messagesSent += info.messagesOut
