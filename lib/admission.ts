@@ -12,6 +12,8 @@ import { kAuth, kReservation } from './symbols'
 
 /** The admission settings of one route. */
 export interface AdmissionSettings {
+  /** The route's URL pattern. */
+  route: string
   authenticator: Authenticator | null
   originAllowed: (request: FastifyRequest) => boolean
   maxConnections: number
@@ -67,6 +69,7 @@ export function authOf (request: FastifyRequest): AuthResult | undefined {
 export function createAdmissionHook (manager: WsManager, settings: AdmissionSettings, limiter: () => RateLimiter | null): onRequestAsyncHookHandler {
   return async function admitUpgrade (request, reply) {
     if (!request.ws) return
+    if (manager.tracing !== null) manager.tracing.connectStarted(request, settings.route)
     if (manager.shuttingDown) {
       return refuse(manager, request, reply, new UpgradeRefusal(503, 'Server is shutting down', 'shutting down', { 'retry-after': '1' }), settings.hooks)
     }

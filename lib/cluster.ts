@@ -65,9 +65,9 @@ export interface ClusterStats {
 /** What the cluster asks of the manager. */
 export interface ClusterHost {
   /** Deliver a payload from another node to local connections. */
-  deliverToUser (userId: string, payload: Buffer, binary: boolean): void
-  deliverToRoute (route: string | null, payload: Buffer, binary: boolean): void
-  deliverToTopic (topic: string, payload: Buffer, binary: boolean): void
+  deliverToUser (userId: string, payload: Buffer, binary: boolean, traceparent: string | undefined): void
+  deliverToRoute (route: string | null, payload: Buffer, binary: boolean, traceparent: string | undefined): void
+  deliverToTopic (topic: string, payload: Buffer, binary: boolean, traceparent: string | undefined): void
   /** Closes a user's local connections; rejects on a bad code or reason. */
   disconnectLocal (userId: string, code: number, reason: string, timeout: number): Promise<CloseResult[]>
   /** Closes local connections by id (closeOldest from another node). */
@@ -333,16 +333,16 @@ export class Cluster implements TopicListener {
   }
 
   /** One publication for a user's connections on other nodes. */
-  publishToUser (userId: string, payload: Buffer, binary: boolean): void {
-    this.#publish(this.names.userChannel(userId), encode({ n: this.nodeId, k: 'u', u: userId, b: binary }, payload))
+  publishToUser (userId: string, payload: Buffer, binary: boolean, traceparent?: string): void {
+    this.#publish(this.names.userChannel(userId), encode({ n: this.nodeId, k: 'u', u: userId, b: binary, c: traceparent }, payload))
   }
 
-  publishBroadcast (route: string | null, payload: Buffer, binary: boolean): void {
-    this.#publish(this.names.broadcast, encode({ n: this.nodeId, k: 'b', r: route, b: binary }, payload))
+  publishBroadcast (route: string | null, payload: Buffer, binary: boolean, traceparent?: string): void {
+    this.#publish(this.names.broadcast, encode({ n: this.nodeId, k: 'b', r: route, b: binary, c: traceparent }, payload))
   }
 
-  publishTopic (topic: string, payload: Buffer, binary: boolean): void {
-    this.#publish(this.names.topicChannel(topic), encode({ n: this.nodeId, k: 't', t: topic, b: binary }, payload))
+  publishTopic (topic: string, payload: Buffer, binary: boolean, traceparent?: string): void {
+    this.#publish(this.names.topicChannel(topic), encode({ n: this.nodeId, k: 't', t: topic, b: binary, c: traceparent }, payload))
   }
 
   /** Closes connections on another node (closeOldest). */
@@ -516,9 +516,9 @@ export class Cluster implements TopicListener {
 
   #dispatch (header: Header, envelope: Envelope): void {
     switch (header.k) {
-      case 'u': return this.#host.deliverToUser(header.u, envelope.payload, header.b)
-      case 'b': return this.#host.deliverToRoute(header.r, envelope.payload, header.b)
-      case 't': return this.#host.deliverToTopic(header.t, envelope.payload, header.b)
+      case 'u': return this.#host.deliverToUser(header.u, envelope.payload, header.b, header.c)
+      case 'b': return this.#host.deliverToRoute(header.r, envelope.payload, header.b, header.c)
+      case 't': return this.#host.deliverToTopic(header.t, envelope.payload, header.b, header.c)
       case 'x': return this.#host.closeLocal(header.ids, header.c, header.r)
       case 'd': {
         const origin = header.n

@@ -19,6 +19,7 @@ import { answer, Cluster, type ClusterAnswer, type ClusterHost, type ClusterNode
 import type { ResolvedClusterOptions } from './cluster-options'
 import { checkTopic, TopicRegistry } from './topics'
 import { TrafficTotals, type RouteTraffic } from './traffic'
+import type { WsTracing } from './tracing'
 import { LocalConnectionRegistry, type ConnectionRegistry } from './registry'
 import type { MessageRouter } from './router'
 import type { ManagedWebSocket } from './socket'
@@ -100,8 +101,8 @@ export interface ClusterApi {
 
 /** What the metrics learn at connection events (lib/metrics.ts); none of it per message. */
 export interface ConnectionObserver {
-  closed (connection: Connection, durationMs: number): void
-  refused (statusCode: number, reason: string): void
+  closed (connection: Connection, info: CloseInfo): void
+  refused (statusCode: number, reason: string, request: FastifyRequest | null): void
 }
 
 /** `fastify.wsManager.metrics` when metrics are on. */
@@ -167,8 +168,10 @@ export class WsManager implements ConnectionHost {
   readonly traffic = new TrafficTotals()
   /** Prometheus metrics when the `metrics` option is on, else null. */
   metrics: MetricsApi | null = null
-  /** @internal Told of closes and refusals (metrics); null when nobody listens. */
+  /** @internal Told of closes and refusals (metrics, tracing); null when nobody listens. */
   observer: ConnectionObserver | null = null
+  /** @internal Spans, when the `tracing` option is on. */
+  tracing: WsTracing | null = null
   readonly #registry: LocalConnectionRegistry
   #cluster: Cluster | null = null
   #clusterApi: ClusterApi | null = null
@@ -268,12 +271,18 @@ export class WsManager implements ConnectionHost {
    * Resolves with how many connections of this node took it (sent or queued).
    */
   async sendToUser (userId: string, data: Sendable): Promise<number> {
+    const tracing = this.tracing
+    if (tracing === null) return this.#sendToUser(userId, data, undefined)
+    return tracing.produce('ws.send_to_user', { 'enduser.id': userId }, (carrier) => this.#sendToUser(userId, data, carrier.traceparent))
+  }
+
+  async #sendToUser (userId: string, data: Sendable, traceparent: string | undefined): Promise<number> {
     const prepared = prepare(data)
     const count = this.#fanOut(this.#registry.byUser(userId), prepared, undefined)
     const cluster = this.#cluster
     if (cluster !== null) {
       const wire = await wireBytes(prepared)
-      cluster.publishToUser(userId, wire.bytes, wire.binary)
+      cluster.publishToUser(userId, wire.bytes, wire.binary, traceparent)
     }
     return count
   }
@@ -287,13 +296,20 @@ export class WsManager implements ConnectionHost {
    * Resolves with how many connections of this node took it (sent or queued).
    */
   async broadcast (data: Sendable, options: BroadcastOptions = {}): Promise<number> {
+    const tracing = this.tracing
+    if (tracing === null) return this.#broadcast(data, options, undefined)
+    const attributes = options.route === undefined ? {} : { 'messaging.destination.name': options.route }
+    return tracing.produce('ws.broadcast', attributes, (carrier) => this.#broadcast(data, options, carrier.traceparent))
+  }
+
+  async #broadcast (data: Sendable, options: BroadcastOptions, traceparent: string | undefined): Promise<number> {
     const prepared = prepare(data)
     const targets = options.route === undefined ? this.#registry : this.#registry.byRoute(options.route)
     const count = this.#fanOut(targets, prepared, options.filter)
     const cluster = this.#cluster
     if (cluster !== null && options.filter === undefined && options.local !== true) {
       const wire = await wireBytes(prepared)
-      cluster.publishBroadcast(options.route ?? null, wire.bytes, wire.binary)
+      cluster.publishBroadcast(options.route ?? null, wire.bytes, wire.binary, traceparent)
     }
     return count
   }
@@ -305,13 +321,19 @@ export class WsManager implements ConnectionHost {
    */
   async publish (topic: string, data: Sendable): Promise<number> {
     checkTopic(topic)
+    const tracing = this.tracing
+    if (tracing === null) return this.#publish(topic, data, undefined)
+    return tracing.produce('ws.publish', { 'messaging.destination.name': topic }, (carrier) => this.#publish(topic, data, carrier.traceparent))
+  }
+
+  async #publish (topic: string, data: Sendable, traceparent: string | undefined): Promise<number> {
     const prepared = prepare(data)
     const subscribers = this.topics.subscribers(topic)
     const count = subscribers === undefined ? 0 : this.#fanOut(subscribers, prepared, undefined)
     const cluster = this.#cluster
     if (cluster !== null) {
       const wire = await wireBytes(prepared)
-      cluster.publishTopic(topic, wire.bytes, wire.binary)
+      cluster.publishTopic(topic, wire.bytes, wire.binary, traceparent)
     }
     return count
   }
@@ -397,8 +419,8 @@ export class WsManager implements ConnectionHost {
   }
 
   /** @internal Counts a refused upgrade by status. */
-  countRefusal (statusCode: number, reason: string): void {
-    if (this.observer !== null) this.observer.refused(statusCode, reason)
+  countRefusal (statusCode: number, reason: string, request: FastifyRequest | null = null): void {
+    if (this.observer !== null) this.observer.refused(statusCode, reason, request)
     this.#refused[statusCode] = (this.#refused[statusCode] ?? 0) + 1
     if (statusCode === 401) this.#authFailures++
   }
@@ -538,7 +560,7 @@ export class WsManager implements ConnectionHost {
     if (!this.#registry.delete(connection)) return
     this.#closed++
     this.traffic.closed(connection, info)
-    if (this.observer !== null) this.observer.closed(connection, info.durationMs)
+    if (this.observer !== null) this.observer.closed(connection, info)
     // The heartbeat stopped when the connection left 'open' (connectionLeftOpen).
     this.compression.untrack(connection.socket)
     if (connection.rateBucket !== null) this.messageLimiter?.release(connection.rateBucket)
@@ -562,7 +584,7 @@ export class WsManager implements ConnectionHost {
 
   /** @internal Counts, publishes and reports (onRefused) a refused upgrade. */
   refused (request: FastifyRequest, statusCode: number, reason: string, hooks: HookRunner): void {
-    this.countRefusal(statusCode, reason)
+    this.countRefusal(statusCode, reason, request)
     if (channels.refused.hasSubscribers) channels.refused.publish({ request, statusCode, reason })
     if (hooks.has('onRefused')) this.#runContained(hooks, 'onRefused', [request, { statusCode, reason }], request.log)
   }
@@ -584,6 +606,18 @@ export class WsManager implements ConnectionHost {
     }
   }
 
+  // A publication of another node, delivered here; under a CONSUMER span child of the
+  // publisher's when tracing is on.
+  #deliverRemote (name: string, traceparent: string | undefined, attributes: Record<string, string>, targets: Iterable<Connection>, payload: Buffer, binary: boolean): void {
+    const prepared = { data: payload, options: binary ? BINARY : TEXT_FRAME }
+    const tracing = this.tracing
+    if (tracing === null) {
+      this.#fanOut(targets, prepared, undefined)
+      return
+    }
+    tracing.deliver(name, traceparent, { ...attributes, 'websocket.node.id': this.#cluster?.nodeId ?? '' }, () => this.#fanOut(targets, prepared, undefined))
+  }
+
   * #localPresence (): Generator<{ userId: string, entry: PresenceEntry }> {
     const nodeId = this.#cluster?.nodeId ?? ''
     for (const c of this.#registry) {
@@ -593,16 +627,16 @@ export class WsManager implements ConnectionHost {
   }
 
   readonly #clusterHost: ClusterHost = {
-    deliverToUser: (userId, payload, binary) => {
-      this.#fanOut(this.#registry.byUser(userId), { data: payload, options: binary ? BINARY : TEXT_FRAME }, undefined)
+    deliverToUser: (userId, payload, binary, traceparent) => {
+      this.#deliverRemote('ws.deliver', traceparent, { 'enduser.id': userId }, this.#registry.byUser(userId), payload, binary)
     },
-    deliverToRoute: (route, payload, binary) => {
+    deliverToRoute: (route, payload, binary, traceparent) => {
       const targets = route === null ? this.#registry : this.#registry.byRoute(route)
-      this.#fanOut(targets, { data: payload, options: binary ? BINARY : TEXT_FRAME }, undefined)
+      this.#deliverRemote('ws.deliver', traceparent, route === null ? {} : { 'messaging.destination.name': route }, targets, payload, binary)
     },
-    deliverToTopic: (topic, payload, binary) => {
+    deliverToTopic: (topic, payload, binary, traceparent) => {
       const subscribers = this.topics.subscribers(topic)
-      if (subscribers !== undefined) this.#fanOut(subscribers, { data: payload, options: binary ? BINARY : TEXT_FRAME }, undefined)
+      if (subscribers !== undefined) this.#deliverRemote('ws.deliver', traceparent, { 'messaging.destination.name': topic }, subscribers, payload, binary)
     },
     disconnectLocal: async (userId, code, reason, timeout) => {
       const checked = checkCloseRequest(code, reason, timeout, this.closer.timeout)

@@ -4,7 +4,7 @@
 import type { FastifyInstance, FastifyRequest, onRequestHookHandler } from 'fastify'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type Metric } from 'prom-client'
 import type { ResolvedMetricsOptions } from './metrics-options'
-import type { Connection } from './connection'
+import type { CloseInfo, Connection } from './connection'
 import type { WsManagerStats } from './manager'
 import type { RouterErrorCode, RouterObserver } from './router'
 import type { RouteTraffic } from './traffic'
@@ -243,8 +243,8 @@ export class WsMetrics implements RouterObserver {
   }
 
   /** A connection closed. */
-  closed (connection: Connection, durationMs: number): void {
-    this.#duration.observe({ route: connection.route }, durationMs / 1000)
+  closed (connection: Connection, info: CloseInfo): void {
+    this.#duration.observe({ route: connection.route }, info.durationMs / 1000)
   }
 
   /** An upgrade was refused. */

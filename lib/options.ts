@@ -168,6 +168,13 @@ export interface WsManagerOptions {
    * @default false
    */
   metrics?: boolean | MetricsOptions
+  /**
+   * OpenTelemetry spans through @opentelemetry/api (ws.connect, ws.message, ws.close, and
+   * PRODUCER/CONSUMER spans of sendToUser, broadcast and publish). They are the API's no-ops
+   * until the application registers an SDK; `false` makes no calls at all.
+   * @default true
+   */
+  tracing?: boolean
 }
 
 /** The live dashboard's options. */
@@ -222,6 +229,7 @@ export interface ResolvedOptions {
   cluster: ResolvedClusterOptions | false
   dashboard: { path: string, authorize: (request: FastifyRequest) => boolean | Promise<boolean> } | false
   metrics: ResolvedMetricsOptions | false
+  tracing: boolean
 }
 
 /** The defaults every option starts from. */
@@ -247,12 +255,13 @@ export const DEFAULTS: Readonly<ResolvedOptions> = Object.freeze({
   maxTopicsPerConnection: 100,
   cluster: false as const,
   dashboard: false as const,
-  metrics: false as const
+  metrics: false as const,
+  tracing: true
 })
 
 const TOP_LEVEL_KEYS = ['auth', 'allowedOrigins', 'requireOrigin', 'upgradeRateLimit', 'messageRateLimit', 'maxConnections',
   'maxConnectionsPerIp', 'maxConnectionsPerUser', 'onUserLimit', 'close', 'heartbeat', 'idleTimeout', 'frameSize', 'compression',
-  'backpressure', 'messageErrorLimit', 'ws', 'connectionData', 'maxTopicsPerConnection', 'cluster', 'dashboard', 'metrics'] as const
+  'backpressure', 'messageErrorLimit', 'ws', 'connectionData', 'maxTopicsPerConnection', 'cluster', 'dashboard', 'metrics', 'tracing'] as const
 const ROUTE_KEYS = ['auth', 'upgradeRateLimit', 'heartbeat', 'idleTimeout', 'backpressure', 'messages', 'messageErrorLimit', 'hooks'] as const
 
 function checkBool (name: string, value: unknown): boolean {
@@ -345,7 +354,8 @@ export function normalizeOptions (input: unknown = {}): ResolvedOptions {
     maxTopicsPerConnection: checkInt('maxTopicsPerConnection', opts.maxTopicsPerConnection ?? DEFAULTS.maxTopicsPerConnection, 0, 1_000_000),
     cluster: resolveCluster(opts.cluster),
     dashboard: resolveDashboard(opts.dashboard),
-    metrics: resolveMetrics(opts.metrics)
+    metrics: resolveMetrics(opts.metrics),
+    tracing: checkBool('tracing', opts.tracing ?? DEFAULTS.tracing)
   }
 }
 

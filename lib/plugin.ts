@@ -22,6 +22,9 @@ import { createProtocolSelector, onClientError } from './handshake'
 import { detachHttpResponse } from './internals'
 import { WsManager } from './manager'
 import { WsMetrics } from './metrics'
+import type { ConnectionObserver } from './manager'
+import type { RouterObserver } from './router'
+import { WsTracing } from './tracing'
 import { normalizeOptions, resolveRouteConfig, type WsManagerOptions } from './options'
 import { createOriginCheck } from './origin'
 import { createUrlRedactor } from './redact'
@@ -80,7 +83,6 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
       clusterNodes: () => cluster === null ? null : cluster.nodes().then((nodes) => nodes.length)
     })
     manager.metrics = metrics
-    manager.observer = metrics
     manager.heartbeat.onLatency = metrics.observeLatency
     if (options.metrics.endpoint !== false) metrics.route(fastify, options.metrics.endpoint, options.metrics.onRequest)
     const registered = metrics
@@ -136,6 +138,10 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
     sharedLimiter ??= createRateLimit()({ max: pluginLimit.max, timeWindow: pluginLimit.timeWindow, keyGenerator: upgradeRateKey('*') })
     return sharedLimiter
   }
+  const tracing = options.tracing ? new WsTracing() : null
+  manager.tracing = tracing
+  manager.observer = combineObservers(metrics, tracing)
+  const routerObserver = combineRouterObservers(metrics, tracing)
   const originAllowed = createOriginCheck(options.allowedOrigins, options.requireOrigin)
 
   // One listener function for every managed socket. Errors of the application's handler
@@ -177,6 +183,7 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
           reservation.accepted = true
           manager.clusterNode?.settled(reservation.id)
         }
+        if (tracing !== null) tracing.connectAccepted(request, connection)
       } catch (err) {
         // Nothing may leave an upgraded socket unmanaged and open.
         request.log.error({ err }, 'connection setup failed')
@@ -255,9 +262,10 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
     const router = config.messages === null
       ? null
       : new MessageRouter(config.messages, config.messageErrorLimit, ajv, `config.wsManager.messages (route ${route})`)
-    if (router !== null) router.observer = metrics
+    if (router !== null) router.observer = routerObserver
     const settings = manager.routeSettings(config, router, new RouteHooks(manager.hooks, config.hooks, `config.wsManager.hooks (route ${route})`))
     const admission: AdmissionSettings = {
+      route,
       get authenticator () { return config.auth ? authenticator : null },
       originAllowed,
       maxConnections: options.maxConnections,
@@ -380,6 +388,33 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
     await cluster.start()
     // After preClose has closed every connection, so their presence goes before the node's.
     fastify.addHook('onClose', async () => cluster.stop())
+  }
+}
+
+/** Metrics and tracing both hear of closes and refusals; null when neither is on. */
+function combineObservers (a: ConnectionObserver | null, b: ConnectionObserver | null): ConnectionObserver | null {
+  if (a === null || b === null) return a ?? b
+  return {
+    closed (connection, info) {
+      a.closed(connection, info)
+      b.closed(connection, info)
+    },
+    refused (statusCode, reason, request) {
+      a.refused(statusCode, reason, request)
+      b.refused(statusCode, reason, request)
+    }
+  }
+}
+
+/** Metrics time the handler inside the tracing span, so the span covers the same work. */
+function combineRouterObservers (a: RouterObserver | null, b: RouterObserver | null): RouterObserver | null {
+  if (a === null || b === null) return a ?? b
+  return {
+    handle: (connection, type, message, size, run) => a.handle(connection, type, message, size, () => b.handle(connection, type, message, size, run)),
+    rejected (connection, code) {
+      a.rejected(connection, code)
+      b.rejected(connection, code)
+    }
   }
 }
 

@@ -18,3 +18,5 @@ export const kSocketClose = Symbol('fastify-ws-manager.socketClose')
 export const kSocketTerminate = Symbol('fastify-ws-manager.socketTerminate')
 /** A connection admitted in Redis before its upgrade (cluster mode), on Fastify's request. */
 export const kReservation = Symbol('fastify-ws-manager.reservation')
+/** The ws.connect span of an upgrade (tracing), on Fastify's request until it ends. */
+export const kConnectSpan = Symbol('fastify-ws-manager.connectSpan')

@@ -185,7 +185,7 @@ test('the scrape route: endpoint, onRequest, false; an application registry; def
   assert.equal((await scrape(app, '/metrics')).status, 404)
   // Registering a second app in the same registry collides on names: a coded error.
   const other = Fastify({ logger: false })
-  await assert.rejects(other.register(wsManager, { auth: false, metrics: { registry, endpoint: false } }).ready(), { code: 'FST_WSM_OPTION_INVALID' })
+  await assert.rejects(async () => { await other.register(wsManager, { auth: false, metrics: { registry, endpoint: false } }).ready() }, { code: 'FST_WSM_OPTION_INVALID' })
   await other.close()
   // The plugin's metrics leave the application's registry with the app.
   await app.close()
