@@ -11,12 +11,12 @@ export interface Envelope {
 
 /**
  * Kinds: u user, b broadcast, t topic, d disconnect a user, x close connections, a answer.
- * `c` is the publisher's W3C traceparent (tracing), so the delivering node's span is its child.
+ * `p` is the publisher's W3C traceparent (tracing), so the delivering node's span is its child.
  */
 export type Header =
-  | { n: string, k: 'u', u: string, b: boolean, c?: string }
-  | { n: string, k: 'b', r: string | null, b: boolean, c?: string }
-  | { n: string, k: 't', t: string, b: boolean, c?: string }
+  | { n: string, k: 'u', u: string, b: boolean, p?: string }
+  | { n: string, k: 'b', r: string | null, b: boolean, p?: string }
+  | { n: string, k: 't', t: string, b: boolean, p?: string }
   | { n: string, k: 'd', u: string, q: string, c: number, r: string, o: number }
   | { n: string, k: 'x', ids: string[], c: number, r: string }
   | { n: string, k: 'a', q: string, res: unknown[] }
@@ -48,7 +48,7 @@ export function decode (message: Buffer): Envelope | null {
   if (typeof header !== 'object' || header === null) return null
   const h = header as Record<string, unknown>
   if (typeof h.n !== 'string' || typeof h.k !== 'string' || !KINDS.has(h.k)) return null
-  if (h.c !== undefined && (typeof h.c !== 'string' || h.c.length > 512)) return null
+  if (h.p !== undefined && (typeof h.p !== 'string' || h.p.length > 512)) return null
   switch (h.k) {
     case 'u': if (typeof h.u !== 'string' || typeof h.b !== 'boolean') return null; break
     case 'b': if ((h.r !== null && typeof h.r !== 'string') || typeof h.b !== 'boolean') return null; break

@@ -334,15 +334,15 @@ export class Cluster implements TopicListener {
 
   /** One publication for a user's connections on other nodes. */
   publishToUser (userId: string, payload: Buffer, binary: boolean, traceparent?: string): void {
-    this.#publish(this.names.userChannel(userId), encode({ n: this.nodeId, k: 'u', u: userId, b: binary, c: traceparent }, payload))
+    this.#publish(this.names.userChannel(userId), encode({ n: this.nodeId, k: 'u', u: userId, b: binary, p: traceparent }, payload))
   }
 
   publishBroadcast (route: string | null, payload: Buffer, binary: boolean, traceparent?: string): void {
-    this.#publish(this.names.broadcast, encode({ n: this.nodeId, k: 'b', r: route, b: binary, c: traceparent }, payload))
+    this.#publish(this.names.broadcast, encode({ n: this.nodeId, k: 'b', r: route, b: binary, p: traceparent }, payload))
   }
 
   publishTopic (topic: string, payload: Buffer, binary: boolean, traceparent?: string): void {
-    this.#publish(this.names.topicChannel(topic), encode({ n: this.nodeId, k: 't', t: topic, b: binary, c: traceparent }, payload))
+    this.#publish(this.names.topicChannel(topic), encode({ n: this.nodeId, k: 't', t: topic, b: binary, p: traceparent }, payload))
   }
 
   /** Closes connections on another node (closeOldest). */
@@ -516,9 +516,9 @@ export class Cluster implements TopicListener {
 
   #dispatch (header: Header, envelope: Envelope): void {
     switch (header.k) {
-      case 'u': return this.#host.deliverToUser(header.u, envelope.payload, header.b, header.c)
-      case 'b': return this.#host.deliverToRoute(header.r, envelope.payload, header.b, header.c)
-      case 't': return this.#host.deliverToTopic(header.t, envelope.payload, header.b, header.c)
+      case 'u': return this.#host.deliverToUser(header.u, envelope.payload, header.b, header.p)
+      case 'b': return this.#host.deliverToRoute(header.r, envelope.payload, header.b, header.p)
+      case 't': return this.#host.deliverToTopic(header.t, envelope.payload, header.b, header.p)
       case 'x': return this.#host.closeLocal(header.ids, header.c, header.r)
       case 'd': {
         const origin = header.n
