@@ -12,7 +12,15 @@ import type { CloseInfo, Connection } from './connection'
 import type { RouterErrorCode, RouterObserver } from './router'
 import { kConnectSpan } from './symbols'
 
-const { version } = require('../package.json') as { version: string }
+// The package's version names the tracer; a copy of lib/ compiled elsewhere (the benchmark's
+// cache) has no package.json beside it, and the version is optional.
+function packageVersion (): string | undefined {
+  try {
+    return (require('../package.json') as { version?: string }).version
+  } catch {
+    return undefined
+  }
+}
 
 interface ConnectionTrace {
   /** The context the connection's spans are children of: ws.connect's. */
@@ -61,7 +69,7 @@ export class WsTracing implements RouterObserver {
   readonly #connections = new WeakMap<Connection, ConnectionTrace>()
 
   constructor () {
-    this.tracer = trace.getTracer('fastify-ws-manager', version)
+    this.tracer = trace.getTracer('fastify-ws-manager', packageVersion())
   }
 
   /** An upgrade reached admission: ws.connect starts, its parent from the traceparent header or query. */
