@@ -52,7 +52,7 @@ interface Line {
 }
 
 /** The system columns, in order. */
-export const COLUMNS: readonly SystemName[] = ['raw-ws', 'bare', 'plugin', 'plugin+deflate', 'plugin+drop']
+export const COLUMNS: readonly SystemName[] = ['raw-ws', 'bare', 'plugin', 'plugin+deflate', 'plugin+drop', 'plugin-untraced', 'plugin+metrics', 'plugin+otel']
 
 function fmt (v: number, digits: number): string {
   if (Math.abs(v) >= 10_000) return Math.round(v).toLocaleString('en-US')
@@ -284,7 +284,48 @@ function lines (p: Params): Line[] {
         }
       }
     },
-    { scenario: 'slow', row: 'slow', label: 'slow consumer: MiB offered to send()', metric: 'offeredMiB', digits: 0 }
+    { scenario: 'slow', row: 'slow', label: 'slow consumer: MiB offered to send()', metric: 'offeredMiB', digits: 0 },
+    ...p.echo.sizes.flatMap((b) => observeLines(b, b >= 1024 ? `${b / 1024} KiB` : `${b} B`))
+  ]
+}
+
+// Issue 13: metrics on against off, and tracing (no SDK, a real SDK) against none, per message.
+function observeLines (bytes: number, label: string): Line[] {
+  const row = `echo-${bytes}`
+  return [
+    {
+      scenario: 'observe',
+      row,
+      label: `observe ${label}: metrics on vs off (CPU µs/msg)`,
+      metric: 'cpuPerMessageUs',
+      digits: 2,
+      compare: { num: 'plugin+metrics', den: 'plugin', kind: 'ratio' },
+      goal: ratioGoal('observe', row, 'cpuPerMessageUs', 'plugin+metrics', 'plugin', 1.02, 'metrics on ≤ 1.02× off')
+    },
+    {
+      scenario: 'observe',
+      row,
+      label: `observe ${label}: tracing, no SDK vs tracing off`,
+      metric: 'cpuPerMessageUs',
+      digits: 2,
+      compare: { num: 'plugin', den: 'plugin-untraced', kind: 'ratio' }
+    },
+    {
+      scenario: 'observe',
+      row,
+      label: `observe ${label}: tracing, in-memory SDK vs tracing off`,
+      metric: 'cpuPerMessageUs',
+      digits: 2,
+      compare: { num: 'plugin+otel', den: 'plugin-untraced', kind: 'ratio' }
+    },
+    {
+      scenario: 'observe',
+      row,
+      label: `observe ${label}: plugin-untraced vs bare`,
+      metric: 'cpuPerMessageUs',
+      digits: 2,
+      compare: { num: 'plugin-untraced', den: 'bare', kind: 'ratio' }
+    }
   ]
 }
 

@@ -168,6 +168,15 @@ const echo: Scenario = {
   })
 }
 
+// Issue 13: what metrics and tracing cost on the per-message path, the echo of `echo` with
+// every observability setting side by side.
+const observe: Scenario = {
+  ...echo,
+  id: 'observe',
+  title: 'echo with metrics and tracing',
+  systems: ['bare', 'plugin-untraced', 'plugin', 'plugin+metrics', 'plugin+otel']
+}
+
 const capacity: Scenario = {
   id: 'capacity',
   title: 'connection setup, idle connections and broadcast',
@@ -349,4 +358,4 @@ const slow: Scenario = {
 
 // Capacity first: its setup and memory figures want a server that has done nothing else yet.
 // Slow consumer last: it leaves a server with hundreds of MiB it may keep.
-export const SCENARIOS: readonly Scenario[] = [capacity, echo, compression, heartbeat, slow]
+export const SCENARIOS: readonly Scenario[] = [capacity, echo, compression, heartbeat, slow, observe]

@@ -8,7 +8,12 @@
 //                   compression off), `auth: false` until authentication is wired (HOOK(auth))
 //   plugin+deflate  the same with `compression: 'default'`
 //   plugin+drop     the same with `backpressure: { policy: 'drop' }` (slow-consumer scenario)
+//   plugin-untraced the defaults with `tracing: false` (no @opentelemetry/api call at all)
+//   plugin+metrics  the defaults with `metrics: { endpoint: false }` (prom-client, issue 13)
+//   plugin+otel     the defaults with a real OpenTelemetry SDK registered (NodeTracerProvider,
+//                   an in-memory exporter behind a simple span processor)
 //
+// The plain `plugin` system traces too (the default), with no SDK: the API's no-ops.
 // Where a scenario needs a feature the baselines lack, they get the hand-written equivalent
 // an application would write (the ping loop from ws's README, for the heartbeat scenario).
 
@@ -27,7 +32,7 @@ const fastify = (): typeof import('fastify') => load('fastify') as typeof import
 const fastifyWebsocket = (): typeof import('@fastify/websocket') => load('@fastify/websocket') as typeof import('@fastify/websocket')
 const plugin = (): typeof import('../lib/index') => load('../lib/index') as typeof import('../lib/index')
 
-export const SYSTEMS = ['raw-ws', 'bare', 'plugin', 'plugin+deflate', 'plugin+drop'] as const
+export const SYSTEMS = ['raw-ws', 'bare', 'plugin', 'plugin+deflate', 'plugin+drop', 'plugin-untraced', 'plugin+metrics', 'plugin+otel'] as const
 export type SystemName = typeof SYSTEMS[number]
 
 /** What a server child is asked to build. */
@@ -100,6 +105,8 @@ export function pluginOptions (spec: ServerSpec): Record<string, unknown> {
   const options: Record<string, unknown> = { ...pluginLimits() }
   if (spec.system === 'plugin+deflate') options.compression = 'default'
   if (spec.system === 'plugin+drop') options.backpressure = { policy: 'drop' }
+  if (spec.system === 'plugin-untraced') options.tracing = false
+  if (spec.system === 'plugin+metrics') options.metrics = { endpoint: false }
   if (spec.heartbeatMs !== undefined) {
     options.heartbeat = { pingInterval: spec.heartbeatMs, pongTimeout: Math.floor(spec.heartbeatMs / 2), maxMissedPongs: 3 }
   }
@@ -195,7 +202,22 @@ async function bare (spec: ServerSpec, onSocket: OnSocket): Promise<SystemServer
   }
 }
 
+// A real SDK, as an application registers it; spans go to memory and are dropped every second.
+function registerOtelSdk (): () => void {
+  const sdk = load('@opentelemetry/sdk-trace-node') as typeof import('@opentelemetry/sdk-trace-node')
+  const exporter = new sdk.InMemorySpanExporter()
+  const provider = new sdk.NodeTracerProvider({ spanProcessors: [new sdk.SimpleSpanProcessor(exporter)] })
+  provider.register()
+  const timer = setInterval(() => exporter.reset(), 1000)
+  timer.unref()
+  return () => {
+    clearInterval(timer)
+    provider.shutdown().catch(() => {})
+  }
+}
+
 async function managed (spec: ServerSpec, onSocket: OnSocket): Promise<SystemServer> {
+  const stopSdk = spec.system === 'plugin+otel' ? registerOtelSdk() : null
   const app = fastify().default({ logger: false })
   const auth = await pluginAuth(app)
   await app.register(plugin().default, { ...pluginOptions(spec), ...auth.options } as never)
@@ -210,6 +232,7 @@ async function managed (spec: ServerSpec, onSocket: OnSocket): Promise<SystemSer
     async close () {
       closeSockets(app.websocketServer)
       await app.close()
+      stopSdk?.()
     }
   }
 }
