@@ -14,7 +14,15 @@ const page = readFileSync(join(__dirname, 'public', 'index.html'), 'utf8')
 export interface DemoOptions {
   /** Milliseconds between ticker broadcasts; 0 turns the ticker off. Env TICK_INTERVAL. */
   tickInterval?: number
+  /**
+   * Users who may open the live dashboard; empty turns it off. Env DASHBOARD_USERS
+   * (comma-separated). Default: the dev token's user when JWT_SECRET is unset, else none.
+   */
+  dashboardUsers?: string[]
 }
+
+/** Where the reference server serves its dashboard. */
+export const DASHBOARD_PATH = '/ws/dashboard'
 
 /** Builds the reference app without listening, so tests can run it in-process too. */
 export async function buildServer (config: ServerConfig, demo: DemoOptions = {}): Promise<{ app: FastifyInstance, devToken: string | null }> {
@@ -32,7 +40,14 @@ export async function buildServer (config: ServerConfig, demo: DemoOptions = {})
   // Without JWT_SECRET a random secret is made, so only tokens printed by this process work.
   const secret = config.jwtSecret ?? randomBytes(32).toString('base64url')
   await app.register(jwt, { secret, verify: { algorithms: ['HS256'] } })
-  await app.register(wsManager, config.options)
+  const dashboardUsers = new Set(demo.dashboardUsers ?? (config.jwtSecret === null ? ['dev-user'] : []))
+  await app.register(wsManager, {
+    ...config.options,
+    // Behind a valid token (any auth source), for the listed users only.
+    dashboard: dashboardUsers.size === 0
+      ? false
+      : { path: DASHBOARD_PATH, authorize: (request) => dashboardUsers.has(String((request.user as { sub?: unknown } | undefined)?.sub)) }
+  })
 
   interface Chat { type: 'chat', text: string }
   interface Whisper { type: 'whisper', to: string, text: string }
@@ -102,7 +117,9 @@ async function main (): Promise<void> {
   const tick = process.env.TICK_INTERVAL
   const tickInterval = tick === undefined || tick === '' ? 5000 : Number(tick)
   if (!Number.isInteger(tickInterval) || tickInterval < 0) throw new Error(`TICK_INTERVAL must be a whole number of ms, got ${JSON.stringify(tick)}`)
-  const { app, devToken } = await buildServer(config, { tickInterval })
+  const users = process.env.DASHBOARD_USERS
+  const dashboardUsers = users === undefined || users === '' ? undefined : users.split(',').map((u) => u.trim()).filter((u) => u !== '')
+  const { app, devToken } = await buildServer(config, { tickInterval, dashboardUsers })
   let closing = false
   const stop = (signal: string): void => {
     if (closing) return
@@ -120,7 +137,11 @@ async function main (): Promise<void> {
     // Printed to the console on purpose, never through the logger: JWT_SECRET is unset, so
     // this token is the only way in, and it dies with the process's random secret.
     process.stdout.write(`\nJWT_SECRET is not set: a random secret is in use. Dev token (user "dev-user", 12 h):\n${devToken}\n` +
-      `Open ${address}/#token=${devToken}\n\n`)
+      `Open ${address}/#token=${devToken}\n`)
+  }
+  if (app.wsManager.options.dashboard !== false) {
+    const tokenHint = devToken === null ? '<a token of a DASHBOARD_USERS user>' : devToken
+    process.stdout.write(`Live dashboard: ${address}${DASHBOARD_PATH}?access_token=${tokenHint}\n\n`)
   }
 }
 

@@ -297,9 +297,12 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
     routeOptions.preHandler = appendHook(routeOptions.preHandler, createCapsHook(manager, admission))
   })
 
+  // Route URLs carry the prefix the plugin was registered under; the option does not.
   function isDashboardPath (url: string): boolean {
     const dashboard = options.dashboard
-    return dashboard !== false && (url === dashboard.path || url.startsWith(dashboard.path + '/'))
+    if (dashboard === false) return false
+    const full = fastify.prefix + dashboard.path
+    return url === full || url.startsWith(full + '/')
   }
 
   function remember (url: string, redact: boolean): void {

@@ -64,8 +64,9 @@ test('Chromium connects with the subprotocol token, exchanges a message, sees th
   const { app, origin } = await startServer(t)
   const browser = await launch(t)
 
-  // Two to three seconds of life: time to load the page and talk, and exp has a one-second resolution.
-  const exp = Math.ceil(Date.now() / 1000) + 2
+  // Six to seven seconds of life: time to load the page and talk on a loaded machine (tests run
+  // two at a time), and exp has a one-second resolution.
+  const exp = Math.ceil(Date.now() / 1000) + 6
   const token = app.jwt.sign({ sub: 'browser-user', exp })
   const page = await browser.newPage()
   await page.goto(`${origin}/#token=${token}`)

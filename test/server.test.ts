@@ -115,3 +115,18 @@ test('rejected upgrades leave no file descriptor behind', async (t) => {
   await Promise.all(clients.map((socket) => socketClosed(socket, 3000)))
   await waitFor(() => openFds(pid) <= before + 2, 3000, 'server fds to be released')
 })
+
+test('the reference server serves the live dashboard to the dev token\'s user and prints its address', async (t) => {
+  const server = await start(t)
+  await waitFor(() => server.output().includes('Live dashboard: '), 5000, 'the dashboard address')
+  const printed = /Live dashboard: (\S+)/.exec(server.output())?.[1] ?? ''
+  assert.equal(printed, `http://127.0.0.1:${server.port}/ws/dashboard?access_token=${server.token}`)
+  const page = await fetch(printed)
+  assert.equal(page.status, 200)
+  assert.match(page.headers.get('content-type') ?? '', /^text\/html/)
+  assert.equal((await fetch(`http://127.0.0.1:${server.port}/ws/dashboard`)).status, 401)
+  // The token never reaches the log (its JSON lines), only the console lines printed for the operator.
+  const logLines = server.output().split('\n').filter((line) => line.startsWith('{'))
+  assert.ok(logLines.some((line) => line.includes('/ws/dashboard')), 'the requests were logged')
+  assert.equal(logLines.some((line) => line.includes(server.token)), false)
+})
