@@ -420,9 +420,15 @@ export class WsManager implements ConnectionHost {
 
   /** @internal Counts a refused upgrade by status. */
   countRefusal (statusCode: number, reason: string, request: FastifyRequest | null = null): void {
-    if (this.observer !== null) this.observer.refused(statusCode, reason, request)
     this.#refused[statusCode] = (this.#refused[statusCode] ?? 0) + 1
     if (statusCode === 401) this.#authFailures++
+    if (this.observer !== null) {
+      try {
+        this.observer.refused(statusCode, reason, request)
+      } catch (err) {
+        this.#log.error({ err }, 'metrics or tracing failed at a refusal')
+      }
+    }
   }
 
   /** @internal Builds the settings shared by every connection of one route. */
@@ -560,7 +566,7 @@ export class WsManager implements ConnectionHost {
     if (!this.#registry.delete(connection)) return
     this.#closed++
     this.traffic.closed(connection, info)
-    if (this.observer !== null) this.observer.closed(connection, info)
+
     // The heartbeat stopped when the connection left 'open' (connectionLeftOpen).
     this.compression.untrack(connection.socket)
     if (connection.rateBucket !== null) this.messageLimiter?.release(connection.rateBucket)
@@ -568,6 +574,14 @@ export class WsManager implements ConnectionHost {
     if (userId !== null && this.#cluster !== null && this.#registry.countByUser(userId) === 0) this.#cluster.userLeft(userId)
     if (this.#registry.size === 0) this.#stopSweep()
     if (channels.close.hasSubscribers) channels.close.publish({ connection, ...info })
+    // Last of the bookkeeping, and contained: an application's tracing SDK may throw.
+    if (this.observer !== null) {
+      try {
+        this.observer.closed(connection, info)
+      } catch (err) {
+        connection.log.error({ err }, 'metrics or tracing failed at close')
+      }
+    }
     const hooks = connection.settings.hooks
     if (hooks.has('onClose')) this.#runContained(hooks, 'onClose', [connection, info], connection.log)
   }

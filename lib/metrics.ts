@@ -234,7 +234,19 @@ export class WsMetrics implements RouterObserver {
       }))
       scalar('cluster_publish_failures_total', 'Publications to other nodes that failed', (s) => s.cluster?.publishFailures ?? 0)
     }
-    if (options.defaultMetrics) collectDefaultMetrics({ register: this.registry })
+    if (options.defaultMetrics) {
+      // Taken out with the plugin's own at close, so the registry can hold them again.
+      const before = new Set(this.registry.getMetricsAsArray().map((m) => (m as unknown as { name: string }).name))
+      try {
+        collectDefaultMetrics({ register: this.registry })
+      } catch (err) {
+        this.remove()
+        fail('metrics.defaultMetrics', `cannot register prom-client's default metrics: ${(err as Error).message}`)
+      }
+      for (const metric of this.registry.getMetricsAsArray()) {
+        if (!before.has((metric as unknown as { name: string }).name)) this.#own.push(metric as unknown as Metric)
+      }
+    }
   }
 
   /** A latency sample from the heartbeat, in milliseconds. */

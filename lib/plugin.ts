@@ -84,13 +84,21 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
     })
     manager.metrics = metrics
     manager.heartbeat.onLatency = metrics.observeLatency
-    if (options.metrics.endpoint !== false) metrics.route(fastify, options.metrics.endpoint, options.metrics.onRequest)
     const registered = metrics
-    // The application's registry outlives the app: take the plugin's metrics out of it.
+    // The application's registry outlives the app: take the plugin's metrics out of it, at
+    // close or when registration fails right here.
     fastify.addHook('onClose', (_instance, done) => {
       registered.remove()
       done()
     })
+    if (options.metrics.endpoint !== false) {
+      try {
+        metrics.route(fastify, options.metrics.endpoint, options.metrics.onRequest)
+      } catch (err) {
+        metrics.remove()
+        throw err
+      }
+    }
   }
   fastify.decorateRequest('wsConnection', null)
   const ajv = createAjv()

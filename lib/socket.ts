@@ -129,7 +129,13 @@ export class ManagedWebSocket extends WebSocket implements ManagedSocket {
         if (conn.pinged()) this.pong(a as Buffer, false, noop)
       } else if (event === 'close') {
         if (this.#initiator === null) this.#initiator = 'network'
-        conn.onSocketClose(a as number, b as Buffer, this.#initiator)
+        // The close reaches the listeners (ws's server tracking among them) whatever happens
+        // in the connection's own bookkeeping: a missed 'close' would hang app.close().
+        try {
+          conn.onSocketClose(a as number, b as Buffer, this.#initiator)
+        } catch (err) {
+          conn.onListenerError(err, event)
+        }
       }
       switch (arguments.length) {
         case 1: return super.emit(event)

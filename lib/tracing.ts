@@ -94,9 +94,14 @@ export class WsTracing implements RouterObserver {
     request.raw.socket?.once('close', () => {
       if (started.ended) return
       started.ended = true
-      span.setAttribute('websocket.outcome', 'abandoned')
-      span.setStatus({ code: SpanStatusCode.ERROR, message: 'the upgrade did not complete' })
-      span.end()
+      // A socket listener: nothing may throw out of it, not even the application's SDK.
+      try {
+        span.setAttribute('websocket.outcome', 'abandoned')
+        span.setStatus({ code: SpanStatusCode.ERROR, message: 'the upgrade did not complete' })
+        span.end()
+      } catch (err) {
+        request.log.error({ err }, 'tracing failed')
+      }
     })
   }
 
@@ -108,7 +113,10 @@ export class WsTracing implements RouterObserver {
   }
 
   /** The upgrade was refused: ws.connect ends with the status and a bounded reason. */
-  refused (statusCode: number, reason: string, request: FastifyRequest): void {
+  refused (statusCode: number, reason: string, request: FastifyRequest | null): void {
+    // ws's own handshake refusals come without a Fastify request: their span, if any, ends
+    // as abandoned when the socket closes.
+    if (request === null) return
     const started = this.#take(request)
     if (started === undefined) return
     started.span.setAttributes({ 'websocket.outcome': 'refused', 'http.response.status_code': statusCode, 'websocket.refusal.reason': reason })
