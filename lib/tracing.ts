@@ -90,7 +90,9 @@ export class WsTracing implements RouterObserver {
     const started: ConnectSpan = { span, context: trace.setSpan(parent, span), parent, ended: false }
     ;(request as RequestWithSpan)[kConnectSpan] = started
     // An upgrade that never becomes a connection nor a refusal (ws refused the handshake, the
-    // client left) ends its span when its socket closes; the listener holds the span only.
+    // client left) ends its span when its socket closes; the listener holds the span and the
+    // logger, never the request (the socket lives as long as the connection).
+    const log = request.log
     request.raw.socket?.once('close', () => {
       if (started.ended) return
       started.ended = true
@@ -100,7 +102,7 @@ export class WsTracing implements RouterObserver {
         span.setStatus({ code: SpanStatusCode.ERROR, message: 'the upgrade did not complete' })
         span.end()
       } catch (err) {
-        request.log.error({ err }, 'tracing failed')
+        log.error({ err }, 'tracing failed')
       }
     })
   }
