@@ -74,6 +74,8 @@ export interface AuthResult {
   user: Record<string, unknown>
   /** Epoch ms when the connection must close (exp plus grace), or Infinity. */
   closeAt: number
+  /** The token's `exp` in seconds, or null without one. */
+  exp: number | null
 }
 
 /** The defaults of {@link AuthOptions}. */
@@ -288,6 +290,16 @@ export class Authenticator {
     const closeAt = this.#options.closeOnExpiry && exp !== null
       ? exp * 1000 + this.#options.expiryGraceMs
       : Infinity
-    return { userId: String(id), user: claims, closeAt }
+    return { userId: String(id), user: claims, closeAt, exp }
+  }
+
+  /**
+   * Verifies a token sent in band (`auth.refresh`) through the same @fastify/jwt settings
+   * (key callbacks, `trusted`, `formatUser`), on a stand-in request without headers.
+   */
+  async verifyToken (token: string, standIn: FastifyRequest): Promise<AuthResult | UpgradeRefusal> {
+    const result = await this.#verify(standIn as RequestWithToken, token, 'message' as TokenSource)
+    if (result instanceof UpgradeRefusal) this.#failed++
+    return result
   }
 }

@@ -172,9 +172,13 @@ export class Connection<Data extends object = Record<string, unknown>, User = Jw
   /**
    * What @fastify/jwt's verification returned (the claims, or formatUser's value), or null when
    * the route is not authenticated. Typed as @fastify/jwt's `request.user` (its `FastifyJWT`
-   * user type, where the application declares one).
+   * user type, where the application declares one). An in-band refresh (`auth.refresh`)
+   * replaces it.
    */
-  readonly user: User | null
+  get user (): User | null {
+    return this.#user
+  }
+
   /** The route's URL pattern, e.g. `/rooms/:id`. */
   readonly route: string
   /** The peer's IP address as Fastify saw it (trustProxy applies). */
@@ -206,7 +210,10 @@ export class Connection<Data extends object = Record<string, unknown>, User = Jw
   /** Whether permessage-deflate was negotiated and compression is on for this connection. */
   readonly compressing: boolean
   /** Epoch ms at which the token expires (plus grace) and the connection closes with 1008; Infinity without one. */
-  readonly closeAt: number
+  get closeAt (): number {
+    return this.#closeAt
+  }
+
   /** @internal The user's message-rate bucket, shared with the user's other connections. */
   readonly rateBucket: Bucket | null
   /** @internal Consecutive message-router errors. */
@@ -221,6 +228,8 @@ export class Connection<Data extends object = Record<string, unknown>, User = Jw
   #drainWaiters: Array<() => void> | null = null
   #drainTimer: NodeJS.Timeout | null = null
   #expiryTimer: NodeJS.Timeout | null = null
+  #user: User | null
+  #closeAt: number
   #pauseTimer: NodeJS.Timeout | null = null
   #holds = 0
   #appHolds = 0
@@ -234,10 +243,10 @@ export class Connection<Data extends object = Record<string, unknown>, User = Jw
     this.remoteAddress = init.remoteAddress
     this.ipKey = init.ipKey
     this.userId = init.userId
-    this.user = init.user as User | null
+    this.#user = init.user as User | null
     this.log = init.log
     this.settings = init.settings
-    this.closeAt = init.closeAt
+    this.#closeAt = init.closeAt
     this.rateBucket = init.rateBucket
     this.compressing = init.settings.compressThreshold >= 0 && init.socket.extensions.includes('permessage-deflate')
     this.#compressThreshold = this.compressing ? init.settings.compressThreshold : -1
@@ -326,6 +335,20 @@ export class Connection<Data extends object = Record<string, unknown>, User = Jw
       this.#drainWaiters.push(resolve)
       this.#watchDrain()
     })
+  }
+
+  /**
+   * @internal A refreshed token of the same user: its claims replace the user, and the expiry
+   * timer moves to the new `closeAt`.
+   */
+  refreshAuth (user: unknown, closeAt: number, onExpired: (connection: AnyConnection) => void): void {
+    this.#user = user as User | null
+    this.#closeAt = closeAt
+    if (this.#expiryTimer !== null) {
+      clearTimeout(this.#expiryTimer)
+      this.#expiryTimer = null
+    }
+    if (closeAt !== Infinity) this.expireAt(onExpired)
   }
 
   /** @internal Runs `onExpired` at `closeAt`; the timer goes with the connection. */

@@ -514,6 +514,12 @@ export class WsManager implements ConnectionHost {
     connection.terminate().catch(noop)
   }
 
+  /** @internal A refreshed token of the connection's user (auth.refresh). */
+  refreshAuth (connection: Connection, auth: AuthResult): void {
+    connection.refreshAuth(auth.user, auth.closeAt, this.#onExpired)
+    connection.log.info({ exp: auth.exp }, 'token refreshed')
+  }
+
   readonly #onExpired = (connection: Connection): void => {
     if (connection.state !== 'open') return
     this.#expiredClosed++

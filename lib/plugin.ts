@@ -29,7 +29,7 @@ import { normalizeOptions, resolveRouteConfig, type WsManagerOptions } from './o
 import { createOriginCheck } from './origin'
 import { createUrlRedactor } from './redact'
 import { refusalBody, refuseRawSocket, UpgradeRefusal } from './refusal'
-import { createAjv, MessageRouter } from './router'
+import { createAjv, MessageRouter, RouterReplyError, type MessageRoutes } from './router'
 import { ManagedWebSocket } from './socket'
 
 // During shutdown the upgrade never reaches Fastify's router: its own 503 path writes to
@@ -168,8 +168,9 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
     }
   }
 
-  function wrap (handler: WebsocketHandler, route: string, settings: RouteSettings, admission: AdmissionSettings): WebsocketHandler {
+  function wrap (handler: WebsocketHandler, route: string, settings: RouteSettings, admission: AdmissionSettings, requestPrototype: { value: object | null }): WebsocketHandler {
     return function managedHandler (this: FastifyInstance, socket: WebSocket, request: FastifyRequest) {
+      requestPrototype.value ??= Object.getPrototypeOf(request) as object
       dropFastifyWebsocketErrorListener(socket)
       socket.on('error', onSocketError as (this: WebSocket, error: Error) => void)
       detachHttpResponse(socket)
@@ -267,9 +268,13 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
     }
     const route = routeOptions.url
     const config = resolveRouteConfig((routeOptions.config as { wsManager?: unknown } | undefined)?.wsManager, options, route)
+    // The route's request prototype, taken from its first upgrade: auth.refresh verifies on a
+    // stand-in made from it, so that @fastify/jwt's request methods are there.
+    const requestPrototype: { value: object | null } = { value: null }
     const router = config.messages === null
       ? null
-      : new MessageRouter(config.messages, config.messageErrorLimit, ajv, `config.wsManager.messages (route ${route})`)
+      : new MessageRouter(config.messages, config.messageErrorLimit, ajv, `config.wsManager.messages (route ${route})`,
+        config.auth ? refreshRoute(requestPrototype) : {})
     if (router !== null) router.observer = routerObserver
     const settings = manager.routeSettings(config, router, new RouteHooks(manager.hooks, config.hooks, `config.wsManager.hooks (route ${route})`))
     const admission: AdmissionSettings = {
@@ -284,9 +289,9 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
       hooks: settings.hooks
     }
     if (routeOptions.websocket === true) {
-      routeOptions.handler = wrap(routeOptions.handler as unknown as WebsocketHandler, route, settings, admission) as unknown as RouteOptions['handler']
+      routeOptions.handler = wrap(routeOptions.handler as unknown as WebsocketHandler, route, settings, admission, requestPrototype) as unknown as RouteOptions['handler']
     } else {
-      routeOptions.wsHandler = wrap(routeOptions.wsHandler as WebsocketHandler, route, settings, admission) as typeof routeOptions.wsHandler
+      routeOptions.wsHandler = wrap(routeOptions.wsHandler as WebsocketHandler, route, settings, admission, requestPrototype) as typeof routeOptions.wsHandler
     }
     remember(route, config.auth)
 
@@ -311,6 +316,38 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
     if (dashboard === false) return false
     const full = fastify.prefix + dashboard.path
     return url === full || url.startsWith(full + '/')
+  }
+
+  // The built-in auth.refresh: a new token of the same user, verified by @fastify/jwt as an
+  // upgrade's would be, replaces the connection's claims and moves its expiry, without a
+  // reconnect. Another user's token closes with 1008; a bad token is an error reply.
+  function refreshRoute (requestPrototype: { value: object | null }): MessageRoutes {
+    return {
+      'auth.refresh': {
+        schema: { type: 'object', required: ['type', 'token'], properties: { type: { const: 'auth.refresh' }, token: { type: 'string', minLength: 1, maxLength: 16_384 } } },
+        handler: async (message: { token: string }, connection: Connection) => {
+          if (authenticator === null || requestPrototype.value === null) return new RouterReplyError('INVALID_TOKEN', 'authentication is not ready')
+          // Own properties over the prototype's getters (ip and others read the raw request).
+          const standIn = Object.create(requestPrototype.value, {
+            headers: { value: {} },
+            query: { value: {} },
+            ip: { value: connection.remoteAddress },
+            log: { value: connection.log },
+            user: { value: undefined, writable: true }
+          }) as FastifyRequest
+          const result = await authenticator.verifyToken(message.token, standIn)
+          if (result instanceof UpgradeRefusal) return new RouterReplyError('INVALID_TOKEN', result.message)
+          if (connection.state !== 'open') return undefined
+          if (result.userId !== connection.userId) {
+            connection.log.warn({ tokenUser: result.userId }, 'refresh with another user\'s token')
+            connection.close(1008, 'Token user mismatch').catch(noop)
+            return undefined
+          }
+          manager.refreshAuth(connection, result)
+          return { type: 'auth.refreshed', exp: result.exp }
+        }
+      }
+    }
   }
 
   function remember (url: string, redact: boolean): void {

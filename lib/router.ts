@@ -18,7 +18,34 @@ export interface MessageRoute<T = Record<string, unknown>> {
 export type MessageRoutes = Record<string, MessageRoute<any>>
 
 /** Codes of the `{ type: 'error', code, message }` replies. */
-export type RouterErrorCode = 'INVALID_JSON' | 'MISSING_TYPE' | 'UNKNOWN_TYPE' | 'INVALID_MESSAGE'
+export type RouterErrorCode = 'INVALID_JSON' | 'MISSING_TYPE' | 'UNKNOWN_TYPE' | 'INVALID_MESSAGE' | 'INVALID_TOKEN'
+
+/** Message types the plugin routes itself; an application's route may not take these names. */
+export const RESERVED_TYPES: readonly string[] = ['auth.refresh', 'topic.subscribe', 'topic.unsubscribe']
+
+/**
+ * What a built-in handler returns (or resolves with) to answer with an error reply instead of
+ * a value; the connection stays open.
+ */
+export class RouterReplyError {
+  readonly code: RouterErrorCode
+  readonly message: string
+
+  constructor (code: RouterErrorCode, message: string) {
+    this.code = code
+    this.message = message
+  }
+}
+
+/** A request id: a string of at most 64 characters or a safe integer. */
+type RequestId = string | number
+
+function requestIdOf (value: unknown): RequestId | undefined | null {
+  if (value === undefined) return undefined
+  if (typeof value === 'string' && value.length <= 64) return value
+  if (typeof value === 'number' && Number.isSafeInteger(value)) return value
+  return null
+}
 
 /**
  * Watches routed messages (metrics, tracing). `handle` runs the handler through `run` and
@@ -59,10 +86,17 @@ export class MessageRouter {
   /** Set by the plugin when metrics or tracing are on. */
   observer: RouterObserver | null = null
 
-  /** @throws FST_WSM_OPTION_INVALID for a route without a handler or with a schema ajv cannot compile. */
-  constructor (routes: MessageRoutes, errorLimit: number, ajv: Ajv, name = 'messages') {
+  /**
+   * @param builtins the plugin's own message types (auth.refresh), routed like the application's.
+   * @throws FST_WSM_OPTION_INVALID for a route without a handler, with a schema ajv cannot
+   * compile, or with a name the plugin reserves.
+   */
+  constructor (routes: MessageRoutes, errorLimit: number, ajv: Ajv, name = 'messages', builtins: MessageRoutes = {}) {
     this.#errorLimit = errorLimit
-    for (const [type, route] of Object.entries(routes)) {
+    for (const type of Object.keys(routes)) {
+      if (RESERVED_TYPES.includes(type)) fail(`${name}.${type}`, `"${type}" is a message type the plugin routes itself; choose another name`)
+    }
+    for (const [type, route] of Object.entries({ ...routes, ...builtins })) {
       if (typeof route !== 'object' || route === null || typeof route.handler !== 'function') {
         fail(`${name}.${type}`, 'expected { schema?, handler(message, connection) }')
       }
@@ -87,20 +121,33 @@ export class MessageRouter {
       this.#reject(connection, 'INVALID_JSON', 'message is not valid JSON', CloseCode.INVALID_PAYLOAD)
       return false
     }
-    const type = typeof message === 'object' && message !== null ? (message as { type?: unknown }).type : undefined
+    const isObject = typeof message === 'object' && message !== null && !Array.isArray(message)
+    // A request id is the transport's, not the message's: taken out before the schema and the
+    // handler see the message, and echoed in the reply.
+    let id: RequestId | undefined
+    if (isObject && 'id' in (message as object)) {
+      const given = requestIdOf((message as { id?: unknown }).id)
+      if (given === null) {
+        this.#reject(connection, 'INVALID_MESSAGE', '"id" must be a string of at most 64 characters or an integer', CloseCode.INVALID_PAYLOAD)
+        return false
+      }
+      id = given
+      delete (message as { id?: unknown }).id
+    }
+    const type = isObject ? (message as { type?: unknown }).type : undefined
     if (typeof type !== 'string') {
-      this.#reject(connection, 'MISSING_TYPE', 'message has no string "type"', CloseCode.INVALID_PAYLOAD)
+      this.#reject(connection, 'MISSING_TYPE', 'message has no string "type"', CloseCode.INVALID_PAYLOAD, id)
       return false
     }
     const route = this.#routes.get(type)
     if (route === undefined) {
-      this.#reject(connection, 'UNKNOWN_TYPE', `unknown message type "${type.slice(0, 64)}"`, CloseCode.POLICY_VIOLATION)
+      this.#reject(connection, 'UNKNOWN_TYPE', `unknown message type "${type.slice(0, 64)}"`, CloseCode.POLICY_VIOLATION, id)
       return false
     }
     if (route.validate !== null && !route.validate(message)) {
       const first = route.validate.errors?.[0]
       const where = first === undefined ? '' : `${first.instancePath === '' ? '(message)' : first.instancePath} ${first.message ?? ''}`
-      this.#reject(connection, 'INVALID_MESSAGE', `message does not match the schema of "${type}": ${where}`.trim(), CloseCode.INVALID_PAYLOAD)
+      this.#reject(connection, 'INVALID_MESSAGE', `message does not match the schema of "${type}": ${where}`.trim(), CloseCode.INVALID_PAYLOAD, id)
       return false
     }
     connection.routerErrors = 0
@@ -116,20 +163,29 @@ export class MessageRouter {
     }
     if (result !== null && typeof result === 'object' && typeof (result as Promise<unknown>).then === 'function') {
       (result as Promise<unknown>).then(
-        (value) => reply(connection, value, type),
+        (value) => this.#answer(connection, value, type, id),
         (err: unknown) => connection.fail(err, `router:${type}`)
       )
     } else {
-      reply(connection, result, type)
+      this.#answer(connection, result, type, id)
     }
     return false
   }
 
-  #reject (connection: Connection, code: RouterErrorCode, message: string, closeCode: number): void {
+  #answer (connection: Connection, value: unknown, type: string, id: RequestId | undefined): void {
+    if (value instanceof RouterReplyError) {
+      if (this.observer !== null) this.observer.rejected(connection, value.code)
+      if (connection.state === 'open') send(connection, { type: 'error', code: value.code, message: value.message, id })
+      return
+    }
+    reply(connection, value, type, id)
+  }
+
+  #reject (connection: Connection, code: RouterErrorCode, message: string, closeCode: number, id?: RequestId): void {
     connection.routerErrors++
     if (this.observer !== null) this.observer.rejected(connection, code)
     connection.log.debug({ code }, 'message rejected')
-    const sent = connection.deliver(Buffer.from(JSON.stringify({ type: 'error', code, message })), TEXT, false)
+    const sent = connection.deliver(Buffer.from(JSON.stringify(id === undefined ? { type: 'error', code, message } : { type: 'error', code, message, id })), TEXT, false)
     if (sent instanceof Promise) sent.catch(noop)
     if (connection.routerErrors >= this.#errorLimit && connection.state === 'open') {
       connection.log.warn({ code, errors: connection.routerErrors }, 'too many invalid messages')
@@ -140,8 +196,16 @@ export class MessageRouter {
 
 // A handler's value that JSON cannot hold (a cycle, a BigInt) is the handler's failure: 1011,
 // never an exception out of the receiver or an unhandled rejection.
-function reply (connection: Connection, value: unknown, type: string): void {
-  if (value === undefined || connection.state !== 'open') return
+// With a request id every request gets an answer: an object value carries the id, any other
+// value comes as `data` of a `reply`, and no value as a bare `reply`.
+function reply (connection: Connection, value: unknown, type: string, id: RequestId | undefined): void {
+  if (connection.state !== 'open') return
+  if (id !== undefined) {
+    if (value === undefined) value = { type: 'reply', id }
+    else if (isPlainObject(value)) value = { ...value, id }
+    else value = { type: 'reply', id, data: value }
+  }
+  if (value === undefined) return
   let text: string
   try {
     text = JSON.stringify(value)
@@ -151,4 +215,14 @@ function reply (connection: Connection, value: unknown, type: string): void {
   }
   if (text === undefined) return
   connection.deliver(Buffer.from(text), TEXT, false)
+}
+
+function isPlainObject (value: unknown): value is Record<string, unknown> {
+  if (value === null || typeof value !== 'object') return false
+  const proto = Object.getPrototypeOf(value)
+  return proto === Object.prototype || proto === null
+}
+
+function send (connection: Connection, value: Record<string, unknown>): void {
+  connection.deliver(Buffer.from(JSON.stringify(value)), TEXT, false)
 }
