@@ -18,6 +18,7 @@ import { InboundPipeline } from './pipeline'
 import { answer, Cluster, type ClusterAnswer, type ClusterHost, type ClusterNode, type ClusterStats, type PresenceEntry } from './cluster'
 import type { ResolvedClusterOptions } from './cluster-options'
 import { checkTopic, TopicRegistry } from './topics'
+import { LocalTopicLog } from './topic-log'
 import { TrafficTotals, type RouteTraffic } from './traffic'
 import type { WsTracing } from './tracing'
 import { LocalConnectionRegistry, type ConnectionRegistry } from './registry'
@@ -164,6 +165,9 @@ export class WsManager implements ConnectionHost {
   readonly options: ResolvedOptions
   /** Local topic subscriptions. */
   readonly topics: TopicRegistry<Connection>
+  /** Topic offsets and history when the `topics` option is on, else null. */
+  readonly topicLog: LocalTopicLog | null
+  #topicSweep: NodeJS.Timeout | null = null
   /** Per-route totals, kept at connection events. */
   readonly traffic = new TrafficTotals()
   /** Prometheus metrics when the `metrics` option is on, else null. */
@@ -204,6 +208,12 @@ export class WsManager implements ConnectionHost {
     this.compression = new CompressionManager({ ...options.compression, log })
     this.messageLimiter = options.messageRateLimit === false ? null : new MessageRateLimiter(options.messageRateLimit)
     this.topics = new TopicRegistry<Connection>(options.maxTopicsPerConnection)
+    this.topicLog = options.topics === false ? null : new LocalTopicLog(options.topics.history)
+    if (this.topicLog !== null) {
+      const log = this.topicLog
+      this.#topicSweep = setInterval(() => log.sweep(), Math.max(1000, Math.floor(log.ttl / 2)))
+      this.#topicSweep.unref()
+    }
   }
 
   /** The cluster (nodes, presence, counts) in cluster mode, else null. */
@@ -327,6 +337,18 @@ export class WsManager implements ConnectionHost {
   }
 
   async #publish (topic: string, data: Sendable, traceparent: string | undefined): Promise<number> {
+    const log = this.topicLog
+    if (log !== null) {
+      // With offsets, subscribers get { type: 'topic.message', topic, epoch, offset, data }:
+      // the data must be a JSON value.
+      const json = typeof data === 'object' && data !== null && (Buffer.isBuffer(data) || data instanceof ArrayBuffer || ArrayBuffer.isView(data) || data instanceof Blob)
+        ? undefined
+        : JSON.stringify(data)
+      if (json === undefined) throw new errors.FST_WSM_ARGUMENT_INVALID('data', 'with the topics option, publish() takes a JSON value (its offset travels with it)')
+      const { frame } = log.append(topic, json)
+      const subscribers = this.topics.subscribers(topic)
+      return subscribers === undefined ? 0 : this.#fanOut(subscribers, { data: frame, options: TEXT_FRAME }, undefined)
+    }
     const prepared = prepare(data)
     const subscribers = this.topics.subscribers(topic)
     const count = subscribers === undefined ? 0 : this.#fanOut(subscribers, prepared, undefined)
@@ -546,6 +568,7 @@ export class WsManager implements ConnectionHost {
     await this.closeAll().catch((err: unknown) => this.#log.error({ err }, 'shutdown close failed'))
     this.heartbeat.stopAll()
     this.#stopSweep()
+    if (this.#topicSweep !== null) clearInterval(this.#topicSweep)
   }
 
   /** @internal */

@@ -16,6 +16,7 @@ import type { FastifyRequest } from 'fastify'
 import { checkInt, checkOneOf, fail, isPlainObject, section } from './validate'
 import { resolveCluster, type ClusterOptions, type ResolvedClusterOptions } from './cluster-options'
 import { resolveMetrics, type MetricsOptions, type ResolvedMetricsOptions } from './metrics-options'
+import { resolveTopics, type ResolvedTopicsOptions, type TopicsOptions } from './topic-log'
 
 export { checkInt } from './validate'
 export type { CloseOptions } from './close'
@@ -175,6 +176,13 @@ export interface WsManagerOptions {
    * @default true
    */
   tracing?: boolean
+  /**
+   * Topic offsets, history and the built-in `topic.subscribe` / `topic.unsubscribe` messages on
+   * routed routes: `{ authorize(connection, topic), history: { size, ttl } }`. Off unless set;
+   * not yet with `cluster`.
+   * @default false
+   */
+  topics?: false | TopicsOptions
 }
 
 /** The live dashboard's options. */
@@ -230,6 +238,7 @@ export interface ResolvedOptions {
   dashboard: { path: string, authorize: (request: FastifyRequest) => boolean | Promise<boolean> } | false
   metrics: ResolvedMetricsOptions | false
   tracing: boolean
+  topics: ResolvedTopicsOptions | false
 }
 
 /** The defaults every option starts from. */
@@ -256,12 +265,13 @@ export const DEFAULTS: Readonly<ResolvedOptions> = Object.freeze({
   cluster: false as const,
   dashboard: false as const,
   metrics: false as const,
-  tracing: true
+  tracing: true,
+  topics: false as const
 })
 
 const TOP_LEVEL_KEYS = ['auth', 'allowedOrigins', 'requireOrigin', 'upgradeRateLimit', 'messageRateLimit', 'maxConnections',
   'maxConnectionsPerIp', 'maxConnectionsPerUser', 'onUserLimit', 'close', 'heartbeat', 'idleTimeout', 'frameSize', 'compression',
-  'backpressure', 'messageErrorLimit', 'ws', 'connectionData', 'maxTopicsPerConnection', 'cluster', 'dashboard', 'metrics', 'tracing'] as const
+  'backpressure', 'messageErrorLimit', 'ws', 'connectionData', 'maxTopicsPerConnection', 'cluster', 'dashboard', 'metrics', 'tracing', 'topics'] as const
 const ROUTE_KEYS = ['auth', 'upgradeRateLimit', 'heartbeat', 'idleTimeout', 'backpressure', 'messages', 'messageErrorLimit', 'hooks'] as const
 
 function checkBool (name: string, value: unknown): boolean {
@@ -305,6 +315,15 @@ function resolveWs (input: unknown): Record<string, unknown> {
     }
   }
   return { ...input }
+}
+
+// Offsets must come from one place in a cluster (Redis); until they do, the two are refused together.
+function resolveTopicsAlone (input: unknown, cluster: unknown): ResolvedOptions['topics'] {
+  const topics = resolveTopics(input)
+  if (topics !== false && cluster !== undefined && cluster !== false) {
+    fail('topics', 'topic offsets and history do not work with cluster mode yet; use connection.subscribe() and publish() without the topics option')
+  }
+  return topics
 }
 
 function resolveDashboard (input: unknown): ResolvedOptions['dashboard'] {
@@ -355,7 +374,8 @@ export function normalizeOptions (input: unknown = {}): ResolvedOptions {
     cluster: resolveCluster(opts.cluster),
     dashboard: resolveDashboard(opts.dashboard),
     metrics: resolveMetrics(opts.metrics),
-    tracing: checkBool('tracing', opts.tracing ?? DEFAULTS.tracing)
+    tracing: checkBool('tracing', opts.tracing ?? DEFAULTS.tracing),
+    topics: resolveTopicsAlone(opts.topics, opts.cluster)
   }
 }
 

@@ -29,7 +29,8 @@ import { normalizeOptions, resolveRouteConfig, type WsManagerOptions } from './o
 import { createOriginCheck } from './origin'
 import { createUrlRedactor } from './redact'
 import { refusalBody, refuseRawSocket, UpgradeRefusal } from './refusal'
-import { createAjv, MessageRouter, RouterReplyError, type MessageRoutes } from './router'
+import { ANSWERED, createAjv, MessageRouter, RouterReplyError, type MessageRoutes } from './router'
+import { topicProblem } from './topics'
 import { ManagedWebSocket } from './socket'
 
 // During shutdown the upgrade never reaches Fastify's router: its own 503 path writes to
@@ -274,7 +275,7 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
     const router = config.messages === null
       ? null
       : new MessageRouter(config.messages, config.messageErrorLimit, ajv, `config.wsManager.messages (route ${route})`,
-        config.auth ? refreshRoute(requestPrototype) : {})
+        { ...(config.auth ? refreshRoute(requestPrototype) : {}), ...(options.topics === false ? {} : topicRoutes()) })
     if (router !== null) router.observer = routerObserver
     const settings = manager.routeSettings(config, router, new RouteHooks(manager.hooks, config.hooks, `config.wsManager.hooks (route ${route})`))
     const admission: AdmissionSettings = {
@@ -345,6 +346,52 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
           }
           manager.refreshAuth(connection, result)
           return { type: 'auth.refreshed', exp: result.exp }
+        }
+      }
+    }
+  }
+
+  // The built-in topic messages (the `topics` option): subscribe with recovery, unsubscribe.
+  // The subscription, its answer and the replay of what was missed happen in one tick, so no
+  // live message can come between them: no gap, no duplicate.
+  function topicRoutes (): MessageRoutes {
+    const topics = options.topics
+    if (topics === false) return {}
+    const since = { type: 'object', required: ['offset', 'epoch'], properties: { offset: { type: 'integer', minimum: 0 }, epoch: { type: 'string', maxLength: 64 } } }
+    return {
+      'topic.subscribe': {
+        schema: { type: 'object', required: ['type', 'topic'], properties: { type: { const: 'topic.subscribe' }, topic: { type: 'string' }, since } },
+        handler: async (message: { topic: string, since?: { offset: number, epoch: string } }, connection: Connection, id?: string | number) => {
+          const problem = topicProblem(message.topic)
+          if (problem !== null) return new RouterReplyError('INVALID_MESSAGE', `topic ${problem}`)
+          let allowed = false
+          try {
+            allowed = await topics.authorize(connection, message.topic) === true
+          } catch (err) {
+            connection.log.error({ err }, 'topics.authorize failed')
+          }
+          if (!allowed) return new RouterReplyError('TOPIC_FORBIDDEN', 'not allowed to subscribe to this topic')
+          if (connection.state !== 'open') return ANSWERED
+          try {
+            connection.subscribe(message.topic).catch(noop)
+          } catch (err) {
+            return new RouterReplyError('INVALID_MESSAGE', (err as Error).message)
+          }
+          if (!connection.topics.includes(message.topic)) return new RouterReplyError('INVALID_MESSAGE', 'the connection has too many topics')
+          const log = manager.topicLog as NonNullable<typeof manager.topicLog>
+          const recovery = log.recover(message.topic, message.since)
+          const answer: Record<string, unknown> = { type: 'topic.subscribed', topic: message.topic, epoch: recovery.epoch, offset: recovery.offset, recovered: recovery.recovered }
+          if (id !== undefined) answer.id = id
+          connection.send(answer)
+          for (const frame of recovery.frames) connection.send(frame, { binary: false })
+          return ANSWERED
+        }
+      },
+      'topic.unsubscribe': {
+        schema: { type: 'object', required: ['type', 'topic'], properties: { type: { const: 'topic.unsubscribe' }, topic: { type: 'string', maxLength: 256 } } },
+        handler: (message: { topic: string }, connection: Connection) => {
+          connection.unsubscribe(message.topic)
+          return { type: 'topic.unsubscribed', topic: message.topic }
         }
       }
     }

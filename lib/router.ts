@@ -10,7 +10,7 @@ export interface MessageRoute<T = Record<string, unknown>> {
   /** JSON Schema the whole message (with its `type`) must satisfy; compiled once. */
   schema?: Record<string, unknown>
   /** Runs with the parsed message; a value (or a promise of one) other than undefined is sent back as JSON. */
-  handler: (message: T, connection: Connection) => unknown
+  handler: (message: T, connection: Connection, id?: string | number) => unknown
 }
 
 /** The `messages` route option: message type to route. */
@@ -18,7 +18,13 @@ export interface MessageRoute<T = Record<string, unknown>> {
 export type MessageRoutes = Record<string, MessageRoute<any>>
 
 /** Codes of the `{ type: 'error', code, message }` replies. */
-export type RouterErrorCode = 'INVALID_JSON' | 'MISSING_TYPE' | 'UNKNOWN_TYPE' | 'INVALID_MESSAGE' | 'INVALID_TOKEN'
+export type RouterErrorCode = 'INVALID_JSON' | 'MISSING_TYPE' | 'UNKNOWN_TYPE' | 'INVALID_MESSAGE' | 'INVALID_TOKEN' | 'TOPIC_FORBIDDEN'
+
+/**
+ * What a built-in handler returns when it has answered by itself (a reply followed by
+ * replayed messages, in one tick so nothing can come between them).
+ */
+export const ANSWERED = Symbol('fastify-ws-manager.answered')
 
 /** Message types the plugin routes itself; an application's route may not take these names. */
 export const RESERVED_TYPES: readonly string[] = ['auth.refresh', 'topic.subscribe', 'topic.unsubscribe']
@@ -155,8 +161,8 @@ export class MessageRouter {
     try {
       const observer = this.observer
       result = observer === null
-        ? route.handler(message as Record<string, unknown>, connection)
-        : observer.handle(connection, type, message as Record<string, unknown>, rawSize(data), () => route.handler(message as Record<string, unknown>, connection))
+        ? route.handler(message as Record<string, unknown>, connection, id)
+        : observer.handle(connection, type, message as Record<string, unknown>, rawSize(data), () => route.handler(message as Record<string, unknown>, connection, id))
     } catch (err) {
       connection.fail(err, `router:${type}`)
       return false
@@ -173,6 +179,7 @@ export class MessageRouter {
   }
 
   #answer (connection: Connection, value: unknown, type: string, id: RequestId | undefined): void {
+    if (value === ANSWERED) return
     if (value instanceof RouterReplyError) {
       if (this.observer !== null) this.observer.rejected(connection, value.code)
       if (connection.state === 'open') send(connection, { type: 'error', code: value.code, message: value.message, id })
