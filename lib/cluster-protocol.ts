@@ -16,7 +16,7 @@ export interface Envelope {
 export type Header =
   | { n: string, k: 'u', u: string, b: boolean, p?: string }
   | { n: string, k: 'b', r: string | null, b: boolean, p?: string }
-  | { n: string, k: 't', t: string, b: boolean, p?: string }
+  | { n: string, k: 't', t: string, b: boolean, p?: string, o?: number }
   | { n: string, k: 'd', u: string, q: string, c: number, r: string, o: number }
   | { n: string, k: 'x', ids: string[], c: number, r: string }
   | { n: string, k: 'a', q: string, res: unknown[] }
@@ -52,7 +52,7 @@ export function decode (message: Buffer): Envelope | null {
   switch (h.k) {
     case 'u': if (typeof h.u !== 'string' || typeof h.b !== 'boolean') return null; break
     case 'b': if ((h.r !== null && typeof h.r !== 'string') || typeof h.b !== 'boolean') return null; break
-    case 't': if (typeof h.t !== 'string' || typeof h.b !== 'boolean') return null; break
+    case 't': if (typeof h.t !== 'string' || typeof h.b !== 'boolean' || (h.o !== undefined && (typeof h.o !== 'number' || !Number.isSafeInteger(h.o)))) return null; break
     case 'd': if (typeof h.u !== 'string' || typeof h.q !== 'string' || typeof h.c !== 'number' || typeof h.r !== 'string' || typeof h.o !== 'number') return null; break
     case 'x': if (!Array.isArray(h.ids) || !h.ids.every((id) => typeof id === 'string') || typeof h.c !== 'number' || typeof h.r !== 'string') return null; break
     case 'a': if (typeof h.q !== 'string' || !Array.isArray(h.res)) return null; break
@@ -103,6 +103,12 @@ export class ClusterNames {
 
   topicChannel (topic: string): string {
     return `${this.#prefix}:topic:${topic}`
+  }
+
+  /** A topic's offset counter, epoch and history stream (the `topics` option). */
+  topicKeys (topic: string): [string, string, string] {
+    const part = JSON.stringify(topic)
+    return [`${this.#tag}:topic-seq:${part}`, `${this.#tag}:topic-epoch:${part}`, `${this.#tag}:topic-log:${part}`]
   }
 }
 
@@ -245,6 +251,60 @@ for i = 2, #ARGV do
   end
 end
 return removed
+`)
+
+/**
+ * Publishes one message of a topic with offsets (the `topics` option): the next offset, the
+ * epoch (set from ARGV when the topic has none, its history then starting over), the history
+ * entry, and the publication itself, in one step so that offsets follow publication order on
+ * every node. KEYS: seq, epoch, stream. ARGV: topic as JSON, data JSON, a new epoch, history
+ * size (0: none), ttl, channel, this node's id as JSON, 'sharded' or 'classic'.
+ * Returns {offset, epoch}.
+ */
+export const PUBLISH_TOPIC = new Script(`
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[3]
+  redis.call('SET', KEYS[2], epoch)
+  redis.call('DEL', KEYS[1], KEYS[3])
+end
+local offset = redis.call('INCR', KEYS[1])
+local frame = '{"type":"topic.message","topic":' .. ARGV[1] .. ',"epoch":"' .. epoch .. '","offset":' .. offset .. ',"data":' .. ARGV[2] .. '}'
+if tonumber(ARGV[4]) > 0 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[4], '0-' .. offset, 'f', frame)
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+local header = '{"n":' .. ARGV[7] .. ',"k":"t","t":' .. ARGV[1] .. ',"b":false,"o":' .. offset .. '}'
+local len = #header
+local envelope = string.char(1, math.floor(len / 16777216) % 256, math.floor(len / 65536) % 256, math.floor(len / 256) % 256, len % 256) .. header .. frame
+if ARGV[8] == 'sharded' then redis.call('SPUBLISH', ARGV[6], envelope) else redis.call('PUBLISH', ARGV[6], envelope) end
+return {offset, epoch}
+`)
+
+/**
+ * Where a topic stands and what came after an offset. KEYS: seq, epoch, stream. ARGV: the
+ * offset after which to read (or -1 for none), a new epoch for a topic that has none yet (so a
+ * subscriber always gets one), the ttl. Returns {epoch, offset, first offset held or 0, frame,
+ * frame, ...}.
+ */
+export const TOPIC_SINCE = new Script(`
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('SET', KEYS[2], epoch, 'PX', ARGV[3])
+  redis.call('DEL', KEYS[1], KEYS[3])
+end
+local offset = tonumber(redis.call('GET', KEYS[1]) or '0')
+local result = {epoch, offset, 0}
+local after = tonumber(ARGV[1])
+if after < 0 then return result end
+local first = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)
+if first[1] then result[3] = tonumber(string.match(first[1][1], '-(%d+)$')) end
+local entries = redis.call('XRANGE', KEYS[3], '(0-' .. after, '+')
+for _, e in ipairs(entries) do result[#result + 1] = e[2][2] end
+return result
 `)
 
 /** The live nodes. KEYS: nodes, info. Returns {nodeId, info JSON, ...}. */

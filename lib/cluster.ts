@@ -3,13 +3,13 @@
 // channel only while it holds a subscriber), presence and the per-user cap live in Redis
 // hashes kept atomic by Lua scripts, and nothing ever waits on a dead node or on Redis longer
 // than `requestTimeout`. See the README's "Running several processes".
-import { randomUUID } from 'node:crypto'
+import { randomBytes, randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import { Redis, type RedisOptions } from 'ioredis'
 import type { CloseResult } from './close'
 import type { ResolvedClusterOptions } from './cluster-options'
 import {
-  ADMIT, COLLECT, ClusterNames, decode, DEREGISTER, encode, FORGET, NODES, PRESENCE, REGISTER,
+  ADMIT, COLLECT, ClusterNames, decode, DEREGISTER, encode, FORGET, NODES, PRESENCE, PUBLISH_TOPIC, REGISTER, TOPIC_SINCE,
   type Envelope, type Header, type Script
 } from './cluster-protocol'
 import { errors } from './errors'
@@ -67,7 +67,7 @@ export interface ClusterHost {
   /** Deliver a payload from another node to local connections. */
   deliverToUser (userId: string, payload: Buffer, binary: boolean, traceparent: string | undefined): void
   deliverToRoute (route: string | null, payload: Buffer, binary: boolean, traceparent: string | undefined): void
-  deliverToTopic (topic: string, payload: Buffer, binary: boolean, traceparent: string | undefined): void
+  deliverToTopic (topic: string, payload: Buffer, binary: boolean, traceparent: string | undefined, offset: number | undefined): void
   /** Closes a user's local connections; rejects on a bad code or reason. */
   disconnectLocal (userId: string, code: number, reason: string, timeout: number): Promise<CloseResult[]>
   /** Closes local connections by id (closeOldest from another node). */
@@ -345,6 +345,32 @@ export class Cluster implements TopicListener {
     this.#publish(this.names.topicChannel(topic), encode({ n: this.nodeId, k: 't', t: topic, b: binary, p: traceparent }, payload))
   }
 
+  /**
+   * Publishes a message of a topic with offsets (the `topics` option): Redis gives the offset
+   * and keeps the history, and every node, this one included, delivers what Redis publishes.
+   * Resolves with the offset and epoch, or null when Redis could not be asked.
+   */
+  async publishTopicLogged (topic: string, dataJson: string, history: { size: number, ttl: number } | false, ttl: number): Promise<{ offset: number, epoch: string } | null> {
+    if (this.#mode === null) return null
+    const reply = await this.#eval(PUBLISH_TOPIC, this.names.topicKeys(topic), [
+      JSON.stringify(topic), dataJson, randomBytes(8).toString('hex'), String(history === false ? 0 : history.size),
+      String(history === false ? ttl : history.ttl), this.names.topicChannel(topic), JSON.stringify(this.nodeId), this.#mode
+    ])
+    if (reply === FAILED || !Array.isArray(reply)) {
+      this.#stats.publishFailures++
+      return null
+    }
+    this.#stats.published++
+    return { offset: Number(reply[0]), epoch: String(reply[1]) }
+  }
+
+  /** Where a topic stands in Redis, and the messages after `after` (-1: none); null when Redis could not be asked. */
+  async topicSince (topic: string, after: number, ttl: number): Promise<{ epoch: string, offset: number, first: number, frames: string[] } | null> {
+    const reply = await this.#eval(TOPIC_SINCE, this.names.topicKeys(topic), [String(after), randomBytes(8).toString('hex'), String(ttl)])
+    if (reply === FAILED || !Array.isArray(reply)) return null
+    return { epoch: String(reply[0]), offset: Number(reply[1]), first: Number(reply[2]), frames: reply.slice(3).map(String) }
+  }
+
   /** Closes connections on another node (closeOldest). */
   closeRemote (nodeId: string, ids: string[], code: number, reason: string): void {
     this.#publish(this.names.nodeChannel(nodeId), encode({ n: this.nodeId, k: 'x', ids, c: code, r: reason }))
@@ -495,8 +521,9 @@ export class Cluster implements TopicListener {
       return
     }
     const header = envelope.header
-    // This node delivered its own share when it published.
-    if (header.n === this.nodeId) return
+    // This node delivered its own share when it published, but for topics with offsets: their
+    // offset comes from Redis, so every node delivers what Redis publishes, in its order.
+    if (header.n === this.nodeId && !(header.k === 't' && header.o !== undefined)) return
     this.#stats.received++
     try {
       this.#dispatch(header, envelope)
@@ -518,7 +545,7 @@ export class Cluster implements TopicListener {
     switch (header.k) {
       case 'u': return this.#host.deliverToUser(header.u, envelope.payload, header.b, header.p)
       case 'b': return this.#host.deliverToRoute(header.r, envelope.payload, header.b, header.p)
-      case 't': return this.#host.deliverToTopic(header.t, envelope.payload, header.b, header.p)
+      case 't': return this.#host.deliverToTopic(header.t, envelope.payload, header.b, header.p, header.o)
       case 'x': return this.#host.closeLocal(header.ids, header.c, header.r)
       case 'd': {
         const origin = header.n

@@ -168,6 +168,9 @@ export class WsManager implements ConnectionHost {
   /** Topic offsets and history when the `topics` option is on, else null. */
   readonly topicLog: LocalTopicLog | null
   #topicSweep: NodeJS.Timeout | null = null
+  // Subscriptions being recovered in cluster mode: live messages wait here, with their
+  // offsets, until the replay from Redis has gone out.
+  readonly #recovering = new Map<Connection, Map<string, Array<{ offset: number, frame: Buffer }>>>()
   /** Per-route totals, kept at connection events. */
   readonly traffic = new TrafficTotals()
   /** Prometheus metrics when the `metrics` option is on, else null. */
@@ -345,6 +348,15 @@ export class WsManager implements ConnectionHost {
         ? undefined
         : JSON.stringify(data)
       if (json === undefined) throw new errors.FST_WSM_ARGUMENT_INVALID('data', 'with the topics option, publish() takes a JSON value (its offset travels with it)')
+      const cluster = this.#cluster
+      const topicsOptions = this.options.topics
+      if (cluster !== null && topicsOptions !== false) {
+        // Offsets come from Redis; this node delivers when Redis publishes, like every node.
+        const published = await cluster.publishTopicLogged(topic, json, topicsOptions.history, log.ttl)
+        if (published !== null) return this.topics.subscribers(topic)?.size ?? 0
+        // Redis out of reach: this node's subscribers get it under this node's own epoch, so
+        // a later recovery says recovered: false rather than pretend.
+      }
       const { frame } = log.append(topic, json)
       const subscribers = this.topics.subscribers(topic)
       return subscribers === undefined ? 0 : this.#fanOut(subscribers, { data: frame, options: TEXT_FRAME }, undefined)
@@ -536,6 +548,33 @@ export class WsManager implements ConnectionHost {
     connection.terminate().catch(noop)
   }
 
+  /** @internal Live messages of a topic wait for this connection until endRecovery(). */
+  beginRecovery (connection: Connection, topic: string): void {
+    let topics = this.#recovering.get(connection)
+    if (topics === undefined) {
+      topics = new Map()
+      this.#recovering.set(connection, topics)
+    }
+    topics.set(topic, [])
+  }
+
+  /** @internal Sends what waited, past `lastSent`, in order; live delivery resumes. */
+  endRecovery (connection: Connection, topic: string, lastSent: number): void {
+    const topics = this.#recovering.get(connection)
+    const waiting = topics?.get(topic)
+    if (topics === undefined || waiting === undefined) return
+    topics.delete(topic)
+    if (topics.size === 0) this.#recovering.delete(connection)
+    if (connection.state !== 'open') return
+    waiting.sort((a, b) => a.offset - b.offset)
+    let last = lastSent
+    for (const { offset, frame } of waiting) {
+      if (offset <= last) continue
+      last = offset
+      connection.deliver(frame, TEXT_FRAME, false)
+    }
+  }
+
   /** @internal A refreshed token of the connection's user (auth.refresh). */
   refreshAuth (connection: Connection, auth: AuthResult): void {
     connection.refreshAuth(auth.user, auth.closeAt, this.#onExpired)
@@ -586,6 +625,7 @@ export class WsManager implements ConnectionHost {
     // Nothing more to learn from a connection on its way out: no pings, no idle close.
     this.heartbeat.stopHeartbeat(connection.socket)
     this.topics.removeConnection(connection)
+    this.#recovering.delete(connection)
     // Only open connections count against the user's cap and show in presence.
     if (connection.userId !== null) this.#cluster?.leave(connection.userId, connection.id)
   }
@@ -677,9 +717,20 @@ export class WsManager implements ConnectionHost {
       const targets = route === null ? this.#registry : this.#registry.byRoute(route)
       this.#deliverRemote('ws.deliver', traceparent, route === null ? {} : { 'messaging.destination.name': route }, targets, payload, binary)
     },
-    deliverToTopic: (topic, payload, binary, traceparent) => {
+    deliverToTopic: (topic, payload, binary, traceparent, offset) => {
       const subscribers = this.topics.subscribers(topic)
-      if (subscribers !== undefined) this.#deliverRemote('ws.deliver', traceparent, { 'messaging.destination.name': topic }, subscribers, payload, binary)
+      if (subscribers === undefined) return
+      if (offset !== undefined && this.#recovering.size > 0) {
+        const live: Connection[] = []
+        for (const connection of subscribers) {
+          const waiting = this.#recovering.get(connection)?.get(topic)
+          if (waiting === undefined) live.push(connection)
+          else waiting.push({ offset, frame: payload })
+        }
+        this.#deliverRemote('ws.deliver', traceparent, { 'messaging.destination.name': topic }, live, payload, binary)
+        return
+      }
+      this.#deliverRemote('ws.deliver', traceparent, { 'messaging.destination.name': topic }, subscribers, payload, binary)
     },
     disconnectLocal: async (userId, code, reason, timeout) => {
       const checked = checkCloseRequest(code, reason, timeout, this.closer.timeout)

@@ -179,7 +179,7 @@ export interface WsManagerOptions {
   /**
    * Topic offsets, history and the built-in `topic.subscribe` / `topic.unsubscribe` messages on
    * routed routes: `{ authorize(connection, topic), history: { size, ttl } }`. Off unless set;
-   * not yet with `cluster`.
+   * in cluster mode offsets and history live in Redis.
    * @default false
    */
   topics?: false | TopicsOptions
@@ -317,15 +317,6 @@ function resolveWs (input: unknown): Record<string, unknown> {
   return { ...input }
 }
 
-// Offsets must come from one place in a cluster (Redis); until they do, the two are refused together.
-function resolveTopicsAlone (input: unknown, cluster: unknown): ResolvedOptions['topics'] {
-  const topics = resolveTopics(input)
-  if (topics !== false && cluster !== undefined && cluster !== false) {
-    fail('topics', 'topic offsets and history do not work with cluster mode yet; use connection.subscribe() and publish() without the topics option')
-  }
-  return topics
-}
-
 function resolveDashboard (input: unknown): ResolvedOptions['dashboard'] {
   if (input === undefined || input === false) return false
   const given = section('dashboard', input, ['path', 'authorize'])
@@ -375,7 +366,7 @@ export function normalizeOptions (input: unknown = {}): ResolvedOptions {
     dashboard: resolveDashboard(opts.dashboard),
     metrics: resolveMetrics(opts.metrics),
     tracing: checkBool('tracing', opts.tracing ?? DEFAULTS.tracing),
-    topics: resolveTopicsAlone(opts.topics, opts.cluster)
+    topics: resolveTopics(opts.topics)
   }
 }
 

@@ -378,6 +378,7 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
             return new RouterReplyError('INVALID_MESSAGE', (err as Error).message)
           }
           if (!connection.topics.includes(message.topic)) return new RouterReplyError('INVALID_MESSAGE', 'the connection has too many topics')
+          if (cluster !== null) return recoverFromRedis(connection, message.topic, message.since, id)
           const log = manager.topicLog as NonNullable<typeof manager.topicLog>
           const recovery = log.recover(message.topic, message.since)
           const answer: Record<string, unknown> = { type: 'topic.subscribed', topic: message.topic, epoch: recovery.epoch, offset: recovery.offset, recovered: recovery.recovered }
@@ -394,6 +395,38 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
           return { type: 'topic.unsubscribed', topic: message.topic }
         }
       }
+    }
+  }
+
+  // In cluster mode the history is a Redis stream: live messages for this subscription wait
+  // while the channel is subscribed and the stream read, then go out after the replay, those
+  // the replay already held skipped.
+  async function recoverFromRedis (connection: Connection, topic: string, since: { offset: number, epoch: string } | undefined, id: string | number | undefined): Promise<symbol> {
+    manager.beginRecovery(connection, topic)
+    try {
+      await manager.topics.whenReady(topic)
+      const ttl = (manager.topicLog as NonNullable<typeof manager.topicLog>).ttl
+      const state = await (cluster as NonNullable<typeof cluster>).topicSince(topic, since === undefined ? -1 : since.offset, ttl)
+      if (connection.state !== 'open') return ANSWERED
+      const answer: Record<string, unknown> = { type: 'topic.subscribed', topic, epoch: null, offset: null, recovered: false }
+      if (id !== undefined) answer.id = id
+      if (state === null) {
+        connection.send(answer)
+        manager.endRecovery(connection, topic, 0)
+        return ANSWERED
+      }
+      const held = since === undefined || (state.epoch === since.epoch && since.offset <= state.offset &&
+        (since.offset === state.offset || (state.first > 0 && state.first <= since.offset + 1)))
+      answer.epoch = state.epoch
+      answer.offset = state.offset
+      answer.recovered = held
+      connection.send(answer)
+      if (held && since !== undefined) for (const frame of state.frames) connection.send(frame)
+      manager.endRecovery(connection, topic, state.offset)
+      return ANSWERED
+    } catch (err) {
+      manager.endRecovery(connection, topic, 0)
+      throw err
     }
   }
 

@@ -96,6 +96,11 @@ export class TopicRegistry<Connection extends object = object> {
     return this.#ready(topic, first)
   }
 
+  /** Resolves once the topic's channel is subscribed (at once without a cluster). */
+  whenReady (topic: string): Promise<void> {
+    return this.#listener === null ? Promise.resolve() : this.#listener.whenSubscribed(topic)
+  }
+
   /** False when the connection did not subscribe to the topic. */
   unsubscribe (connection: Connection, topic: string): boolean {
     const mine = this.#byConnection.get(connection)

@@ -6,7 +6,7 @@
 import { Emitter } from './emitter'
 import { ClientError } from './errors'
 import { backoffDelay, decide, parseRetryAfter, RECONNECT_DEFAULTS, type Ending, type ReconnectOptions } from './policy'
-import { resolveWebSocket, watchRefusal, type WebSocketConstructor, type WebSocketLike } from './socket'
+import { isWsPackage, resolveWebSocket, watchRefusal, type WebSocketConstructor, type WebSocketLike } from './socket'
 import { refreshDelay, tokenExpiry } from './token'
 import { Subscriptions, type SubscribedEvent, type TopicListener } from './topics'
 
@@ -365,8 +365,14 @@ export class Client extends Emitter<ClientEvents> {
   }
 
   #attach (attempt: Attempt, Ctor: WebSocketConstructor): void {
-    const protocols = attempt.token === null ? [...this.#protocols] : [...this.#protocols, 'bearer.' + attempt.token]
-    const socket = new Ctor(this.#options.url, protocols)
+    const token = attempt.token
+    let socket: WebSocketLike
+    if (token !== null && this.#protocols.length === 0 && isWsPackage(Ctor)) {
+      // ws with no application protocol: the Authorization header (see isWsPackage).
+      socket = new Ctor(this.#options.url, [], { headers: { authorization: 'Bearer ' + token } })
+    } else {
+      socket = new Ctor(this.#options.url, token === null ? [...this.#protocols] : [...this.#protocols, 'bearer.' + token])
+    }
     attempt.socket = socket
     socket.binaryType = 'arraybuffer'
     watchRefusal(socket, (refusal) => {

@@ -11,8 +11,21 @@ export interface WebSocketLike {
   addEventListener (type: string, listener: (event: any) => void): void
 }
 
-/** A WebSocket constructor: `globalThis.WebSocket`, ws's default export, or a stand-in for tests. */
-export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike
+/**
+ * A WebSocket constructor: `globalThis.WebSocket`, ws's default export, or a stand-in for
+ * tests. The third argument is ws's options; other constructors ignore it.
+ */
+export type WebSocketConstructor = new (url: string, protocols?: string | string[], options?: { headers?: Record<string, string> }) => WebSocketLike
+
+/**
+ * Whether `Ctor` is the ws package's WebSocket. ws fails a handshake in which the server
+ * selects no subprotocol although some were offered ("Server sent no subprotocol"), which is
+ * what the plugin does when the token entry is the only one: browsers accept it.
+ */
+export function isWsPackage (Ctor: WebSocketConstructor): boolean {
+  const proto = Ctor.prototype as Record<string, unknown> | undefined
+  return typeof proto?.terminate === 'function' && typeof proto.pause === 'function'
+}
 
 /** ws's EventEmitter side, present only on ws sockets: it shows a refused upgrade's response. */
 interface WsRefusalSource {

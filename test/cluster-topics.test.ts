@@ -1,0 +1,84 @@
+// Topic offsets and recovery across real node processes (issue 14's server side in cluster
+// mode): the history is a Redis stream; a subscriber whose node is killed comes back on
+// another node and gets everything it missed, once and in order.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { openClient, sleep, startCluster, waitUntil, type Client } from './fixtures/cluster'
+
+interface Frame { type: string, topic?: string, epoch?: string | null, offset?: number | null, data?: unknown, recovered?: boolean }
+
+function frames (client: Client, type: string): Frame[] {
+  return client.received.map((m) => JSON.parse(m) as Frame).filter((f) => f.type === type)
+}
+
+async function subscribe (client: Client, topic: string, since?: { offset: number, epoch: string }): Promise<Frame> {
+  const before = frames(client, 'topic.subscribed').length
+  client.ws.send(JSON.stringify({ type: 'topic.subscribe', topic, since }))
+  await waitUntil(() => frames(client, 'topic.subscribed').length > before, 5000, `topic.subscribed (got ${client.received.slice(-3).join(' | ')})`)
+  return frames(client, 'topic.subscribed')[before]
+}
+
+test('a subscriber whose node is killed recovers everything on another node, once and in order', async (t) => {
+  const { nodes: [a, b, c] } = await startCluster(t, { TOPICS_HISTORY: '500' })
+  const first = await openClient(t, a.url('/rec'), 'ivy')
+  const sub = await subscribe(first, 'orders')
+  assert.deepEqual([sub.offset, sub.recovered], [0, true])
+  for (let i = 1; i <= 5; i++) await b.call('publish', 'orders', { i })
+  await waitUntil(() => frames(first, 'topic.message').length === 5, 5000, 'five messages')
+  assert.deepEqual(frames(first, 'topic.message').map((f) => f.offset), [1, 2, 3, 4, 5])
+  const last = frames(first, 'topic.message')[4]
+
+  a.child.kill('SIGKILL')
+  await waitUntil(() => first.closeInfo !== null, 5000, 'the client to see its node die')
+  for (let i = 6; i <= 105; i++) await c.call('publish', 'orders', { i })
+
+  const again = await openClient(t, b.url('/rec'), 'ivy')
+  const answer = await subscribe(again, 'orders', { offset: last.offset as number, epoch: last.epoch as string })
+  assert.deepEqual([answer.recovered, answer.offset, answer.epoch], [true, 105, last.epoch])
+  await c.call('publish', 'orders', { i: 106 })
+  await waitUntil(() => frames(again, 'topic.message').length >= 101, 5000, 'the missed and the live')
+  await sleep(200)
+  const got = frames(again, 'topic.message')
+  assert.deepEqual(got.map((f) => f.offset), Array.from({ length: 101 }, (_, k) => k + 6), 'offsets 6 to 106, once each, in order')
+  assert.deepEqual(got.map((f) => (f.data as { i: number }).i), Array.from({ length: 101 }, (_, k) => k + 6))
+})
+
+test('publications racing a resubscription on another node are neither lost nor doubled', async (t) => {
+  const { nodes: [a, b] } = await startCluster(t, { TOPICS_HISTORY: '5000' }, 2)
+  const first = await openClient(t, a.url('/rec'), 'jay')
+  const sub = await subscribe(first, 'race')
+  first.ws.close()
+  let published = 0
+  let stop = false
+  const publishing = (async () => {
+    for (;;) {
+      if (stop || published >= 2000) break
+      await a.call('publish', 'race', ++published)
+    }
+  })()
+  await sleep(100)
+  const again = await openClient(t, b.url('/rec'), 'jay')
+  const answer = await subscribe(again, 'race', { offset: 0, epoch: sub.epoch as string })
+  assert.equal(answer.recovered, true)
+  await sleep(200)
+  stop = true
+  await publishing
+  await waitUntil(() => frames(again, 'topic.message').length >= published, 5000, 'every message')
+  await sleep(100)
+  assert.deepEqual(frames(again, 'topic.message').map((f) => f.offset), Array.from({ length: published }, (_, k) => k + 1))
+})
+
+test('with too short a history the subscriber is told it was not recovered', async (t) => {
+  const { nodes: [a, b] } = await startCluster(t, { TOPICS_HISTORY: '10' }, 2)
+  const first = await openClient(t, a.url('/rec'), 'kai')
+  const sub = await subscribe(first, 'short')
+  first.ws.close()
+  for (let i = 1; i <= 50; i++) await b.call('publish', 'short', i)
+  const again = await openClient(t, b.url('/rec'), 'kai')
+  const answer = await subscribe(again, 'short', { offset: 0, epoch: sub.epoch as string })
+  assert.deepEqual([answer.recovered, answer.offset], [false, 50])
+  const held = await subscribe(again, 'short', { offset: 45, epoch: sub.epoch as string })
+  assert.equal(held.recovered, true)
+  await waitUntil(() => frames(again, 'topic.message').length >= 5, 3000, 'the five held')
+  assert.deepEqual(frames(again, 'topic.message').map((f) => f.offset), [46, 47, 48, 49, 50])
+})
