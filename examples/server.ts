@@ -7,6 +7,7 @@ import { join } from 'node:path'
 import Fastify, { type FastifyInstance } from 'fastify'
 import jwt from '@fastify/jwt'
 import wsManager, { loadConfig, type Connection, type ServerConfig } from '../lib/index'
+import { bundleBrowserClient } from '../scripts/client-bundle'
 
 const page = readFileSync(join(__dirname, 'public', 'index.html'), 'utf8')
 
@@ -92,6 +93,12 @@ export async function buildServer (config: ServerConfig, demo: DemoOptions = {})
   })
 
   app.get('/', (_request, reply) => { reply.type('text/html; charset=utf-8').send(page) })
+  // The page's client: fastify-ws-manager/client bundled for browsers from the sources, once.
+  let clientBundle: Promise<string> | null = null
+  app.get('/client.js', async (_request, reply) => {
+    clientBundle ??= bundleBrowserClient()
+    return reply.type('text/javascript; charset=utf-8').header('cache-control', 'no-cache').send(await clientBundle)
+  })
   app.get('/health', async () => app.wsManager.checkConnectionHealth())
   // Statistics name users: only for a holder of a valid token.
   app.get('/stats', { onRequest: async (request) => { await request.jwtVerify() } }, async () => app.wsManager.stats())

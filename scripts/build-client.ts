@@ -10,27 +10,17 @@
 
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { build, type BuildOptions, type Plugin } from 'esbuild'
+import { build, type BuildOptions } from 'esbuild'
+import { bundleBrowserClient } from './client-bundle'
 
 const root = join(__dirname, '..')
 const entry = join(root, 'lib', 'client', 'index.ts')
 const out = join(root, 'dist', 'client')
 
-const noWs: Plugin = {
-  name: 'no-ws',
-  setup (b) {
-    b.onResolve({ filter: /^ws$/ }, () => ({ path: 'ws', namespace: 'no-ws' }))
-    b.onLoad({ filter: /.*/, namespace: 'no-ws' }, () => ({ contents: 'export default undefined', loader: 'js' }))
-  }
-}
-
 async function main (): Promise<void> {
   const common: BuildOptions = { entryPoints: [entry], bundle: true, format: 'esm', target: 'es2022', platform: 'neutral', sourcemap: true, logLevel: 'warning' }
   await build({ ...common, outfile: join(out, 'index.mjs'), external: ['ws'] })
-  await build({ ...common, outfile: join(out, 'browser.js'), plugins: [noWs] })
-  const browser = readFileSync(join(out, 'browser.js'), 'utf8')
-  // A bare specifier would fail in a browser: the bundle must import nothing at all.
-  if (/\bimport\s*\(|^\s*import\s|\brequire\(/m.test(browser)) throw new Error('dist/client/browser.js still imports or requires a module')
+  await bundleBrowserClient(join(out, 'browser.js'))
 
   // tsc's declarations, once more as ESM: relative imports need their extension there.
   for (const file of readdirSync(out)) {
