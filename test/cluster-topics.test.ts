@@ -3,7 +3,9 @@
 // another node and gets everything it missed, once and in order.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { openClient, sleep, startCluster, waitUntil, type Client } from './fixtures/cluster'
+import WebSocket from 'ws'
+import { createClient } from '../lib/client'
+import { failoverProxy, openClient, sleep, startCluster, tokenFor, waitUntil, type Client } from './fixtures/cluster'
 
 interface Frame { type: string, topic?: string, epoch?: string | null, offset?: number | null, data?: unknown, recovered?: boolean }
 
@@ -81,4 +83,31 @@ test('with too short a history the subscriber is told it was not recovered', asy
   assert.equal(held.recovered, true)
   await waitUntil(() => frames(again, 'topic.message').length >= 5, 3000, 'the five held')
   assert.deepEqual(frames(again, 'topic.message').map((f) => f.offset), [46, 47, 48, 49, 50])
+})
+
+test('the client, behind a load balancer: its node killed, it reconnects to another and recovers everything', async (t) => {
+  const { nodes: [a, b, c] } = await startCluster(t, { TOPICS_HISTORY: '500' })
+  const port = await failoverProxy(t, () => [a, b].filter((n) => n.alive).map((n) => n.port))
+  const token = await tokenFor('lou')
+  const client = createClient({ url: `ws://127.0.0.1:${port}/rec`, getToken: () => token, WebSocket, reconnect: { base: 50, max: 200, resetAfter: 5000 } })
+  t.after(() => client.close())
+  const got: Array<{ offset: number, data: unknown }> = []
+  const subscribed: Array<{ recovered: boolean, resumed: boolean }> = []
+  client.on('subscribed', (e) => subscribed.push({ recovered: e.recovered, resumed: e.resumed }))
+  client.subscribe('ledger', (data, meta) => got.push({ offset: meta.offset, data }))
+  await client.connect()
+  await waitUntil(() => subscribed.length === 1, 5000, 'the subscription')
+  for (let i = 1; i <= 5; i++) await c.call('publish', 'ledger', i)
+  await waitUntil(() => got.length === 5, 5000, 'five messages')
+
+  a.child.kill('SIGKILL')
+  for (let i = 6; i <= 105; i++) await c.call('publish', 'ledger', i)
+  await waitUntil(() => subscribed.length === 2, 10_000, 'the resubscription on node b')
+  await c.call('publish', 'ledger', 106)
+  await waitUntil(() => got.length >= 106, 10_000, 'every message')
+  await sleep(200)
+  assert.deepEqual(subscribed, [{ recovered: true, resumed: false }, { recovered: true, resumed: true }])
+  assert.deepEqual(got.map((m) => m.offset), Array.from({ length: 106 }, (_, k) => k + 1))
+  assert.deepEqual(got.map((m) => m.data), Array.from({ length: 106 }, (_, k) => k + 1))
+  assert.equal(await b.call('local'), 1, 'the client is on node b now')
 })
