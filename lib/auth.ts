@@ -298,8 +298,20 @@ export class Authenticator {
    * (key callbacks, `trusted`, `formatUser`), on a stand-in request without headers.
    */
   async verifyToken (token: string, standIn: FastifyRequest): Promise<AuthResult | UpgradeRefusal> {
+    // The upgrades' failure budget, by the connection's IP and the subject the token claims:
+    // an open connection cannot have the server check bad tokens any faster than a new one.
+    const failures = this.#failures
+    const now = Date.now()
+    const ip = ipKey(standIn.ip)
+    const subject = failures === null ? '' : claimedSubject(token, this.#options.userIdClaim)
+    if (failures !== null) {
+      const wait = failures.blockedFor(ip, subject, now)
+      if (wait > 0) return new UpgradeRefusal(429, 'Too many failed authentications', 'auth failures over budget', { 'retry-after': String(wait) })
+    }
+    failures?.fail(ip, subject, now)
     const result = await this.#verify(standIn as RequestWithToken, token, 'message' as TokenSource)
     if (result instanceof UpgradeRefusal) this.#failed++
+    else failures?.refund(ip, subject, now)
     return result
   }
 }

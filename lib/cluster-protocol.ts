@@ -286,7 +286,7 @@ return {offset, epoch}
 /**
  * Where a topic stands and what came after an offset. KEYS: seq, epoch, stream. ARGV: the
  * offset after which to read (or -1 for none), a new epoch for a topic that has none yet (so a
- * subscriber always gets one), the ttl. Returns {epoch, offset, first offset held or 0, frame,
+ * subscriber always gets one), the ttl, the epoch the offset belongs to ('' for any). Returns {epoch, offset, first offset held or 0, frame,
  * frame, ...}.
  */
 export const TOPIC_SINCE = new Script(`
@@ -299,7 +299,8 @@ end
 local offset = tonumber(redis.call('GET', KEYS[1]) or '0')
 local result = {epoch, offset, 0}
 local after = tonumber(ARGV[1])
-if after < 0 then return result end
+-- Nothing to read for a fresh subscription or another epoch's offset.
+if after < 0 or (ARGV[4] ~= '' and ARGV[4] ~= epoch) then return result end
 local first = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)
 if first[1] then result[3] = tonumber(string.match(first[1][1], '-(%d+)$')) end
 local entries = redis.call('XRANGE', KEYS[3], '(0-' .. after, '+')

@@ -365,8 +365,8 @@ export class Cluster implements TopicListener {
   }
 
   /** Where a topic stands in Redis, and the messages after `after` (-1: none); null when Redis could not be asked. */
-  async topicSince (topic: string, after: number, ttl: number): Promise<{ epoch: string, offset: number, first: number, frames: string[] } | null> {
-    const reply = await this.#eval(TOPIC_SINCE, this.names.topicKeys(topic), [String(after), randomBytes(8).toString('hex'), String(ttl)])
+  async topicSince (topic: string, after: number, ttl: number, epoch = ''): Promise<{ epoch: string, offset: number, first: number, frames: string[] } | null> {
+    const reply = await this.#eval(TOPIC_SINCE, this.names.topicKeys(topic), [String(after), randomBytes(8).toString('hex'), String(ttl), epoch])
     if (reply === FAILED || !Array.isArray(reply)) return null
     return { epoch: String(reply[0]), offset: Number(reply[1]), first: Number(reply[2]), frames: reply.slice(3).map(String) }
   }

@@ -330,6 +330,9 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
           if (authenticator === null || requestPrototype.value === null) return new RouterReplyError('INVALID_TOKEN', 'authentication is not ready')
           // Own properties over the prototype's getters (ip and others read the raw request).
           const standIn = Object.create(requestPrototype.value, {
+            id: { value: `refresh-${connection.id}` },
+            server: { value: fastify },
+            url: { value: connection.route },
             headers: { value: {} },
             query: { value: {} },
             ip: { value: connection.remoteAddress },
@@ -337,7 +340,9 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
             user: { value: undefined, writable: true }
           }) as FastifyRequest
           const result = await authenticator.verifyToken(message.token, standIn)
-          if (result instanceof UpgradeRefusal) return new RouterReplyError('INVALID_TOKEN', result.message)
+          if (result instanceof UpgradeRefusal) {
+            return new RouterReplyError(result.statusCode === 429 ? 'AUTH_RATE_LIMITED' : 'INVALID_TOKEN', result.message)
+          }
           if (connection.state !== 'open') return undefined
           if (result.userId !== connection.userId) {
             connection.log.warn({ tokenUser: result.userId }, 'refresh with another user\'s token')
@@ -357,7 +362,7 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
   function topicRoutes (): MessageRoutes {
     const topics = options.topics
     if (topics === false) return {}
-    const since = { type: 'object', required: ['offset', 'epoch'], properties: { offset: { type: 'integer', minimum: 0 }, epoch: { type: 'string', maxLength: 64 } } }
+    const since = { type: 'object', required: ['offset', 'epoch'], properties: { offset: { type: 'integer', minimum: 0, maximum: Number.MAX_SAFE_INTEGER }, epoch: { type: 'string', maxLength: 64 } } }
     return {
       'topic.subscribe': {
         schema: { type: 'object', required: ['type', 'topic'], properties: { type: { const: 'topic.subscribe' }, topic: { type: 'string' }, since } },
@@ -372,15 +377,24 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
           }
           if (!allowed) return new RouterReplyError('TOPIC_FORBIDDEN', 'not allowed to subscribe to this topic')
           if (connection.state !== 'open') return ANSWERED
+          // Subscribed already: nothing was missed on this connection, and a replay on every
+          // repeat would let a client make the server send whole histories at will.
+          const already = connection.topics.includes(message.topic)
           try {
             connection.subscribe(message.topic).catch(noop)
           } catch (err) {
             return new RouterReplyError('INVALID_MESSAGE', (err as Error).message)
           }
           if (!connection.topics.includes(message.topic)) return new RouterReplyError('INVALID_MESSAGE', 'the connection has too many topics')
-          if (cluster !== null) return recoverFromRedis(connection, message.topic, message.since, id)
           const log = manager.topicLog as NonNullable<typeof manager.topicLog>
-          const recovery = log.recover(message.topic, message.since)
+          if (cluster !== null) {
+            if (!already) return recoverFromRedis(connection, message.topic, message.since, id)
+            const repeat: Record<string, unknown> = { type: 'topic.subscribed', topic: message.topic, epoch: null, offset: null, recovered: true }
+            if (id !== undefined) repeat.id = id
+            connection.send(repeat)
+            return ANSWERED
+          }
+          const recovery = already ? { ...log.recover(message.topic, undefined), recovered: true } : log.recover(message.topic, message.since)
           const answer: Record<string, unknown> = { type: 'topic.subscribed', topic: message.topic, epoch: recovery.epoch, offset: recovery.offset, recovered: recovery.recovered }
           if (id !== undefined) answer.id = id
           connection.send(answer)
@@ -406,7 +420,7 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
     try {
       await manager.topics.whenReady(topic)
       const ttl = (manager.topicLog as NonNullable<typeof manager.topicLog>).ttl
-      const state = await (cluster as NonNullable<typeof cluster>).topicSince(topic, since === undefined ? -1 : since.offset, ttl)
+      const state = await (cluster as NonNullable<typeof cluster>).topicSince(topic, since === undefined ? -1 : since.offset, ttl, since?.epoch ?? '')
       if (connection.state !== 'open') return ANSWERED
       const answer: Record<string, unknown> = { type: 'topic.subscribed', topic, epoch: null, offset: null, recovered: false }
       if (id !== undefined) answer.id = id

@@ -18,7 +18,7 @@ export interface MessageRoute<T = Record<string, unknown>> {
 export type MessageRoutes = Record<string, MessageRoute<any>>
 
 /** Codes of the `{ type: 'error', code, message }` replies. */
-export type RouterErrorCode = 'INVALID_JSON' | 'MISSING_TYPE' | 'UNKNOWN_TYPE' | 'INVALID_MESSAGE' | 'INVALID_TOKEN' | 'TOPIC_FORBIDDEN'
+export type RouterErrorCode = 'INVALID_JSON' | 'MISSING_TYPE' | 'UNKNOWN_TYPE' | 'INVALID_MESSAGE' | 'INVALID_TOKEN' | 'AUTH_RATE_LIMITED' | 'TOPIC_FORBIDDEN'
 
 /**
  * What a built-in handler returns when it has answered by itself (a reply followed by
@@ -209,7 +209,8 @@ function reply (connection: Connection, value: unknown, type: string, id: Reques
   if (connection.state !== 'open') return
   if (id !== undefined) {
     if (value === undefined) value = { type: 'reply', id }
-    else if (isPlainObject(value)) value = { ...value, id }
+    // A value with an id of its own keeps it: the request's id goes around it.
+    else if (isPlainObject(value) && !('id' in value)) value = { ...value, id }
     else value = { type: 'reply', id, data: value }
   }
   if (value === undefined) return

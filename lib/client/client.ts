@@ -169,6 +169,7 @@ export class Client extends Emitter<ClientEvents> {
   #state: ClientState = 'closed'
   #current: Attempt | null = null
   #attempt = 0
+  #immediateUsed = false
   #reconnectTimer: ReturnType<typeof setTimeout> | null = null
   #nextId = 0
   /** False once the server answered auth.refresh with UNKNOWN_TYPE or not at all. */
@@ -411,6 +412,7 @@ export class Client extends Emitter<ClientEvents> {
   #opened (attempt: Attempt): void {
     if (this.#current !== attempt || attempt.socket === null) return
     attempt.openedAt = Date.now()
+    this.#topics.opened()
     this.#setState('open')
     this.#scheduleRefresh(attempt, attempt.token === null ? null : tokenExpiry(attempt.token))
     this.emit('open', { protocol: attempt.socket.protocol })
@@ -459,12 +461,21 @@ export class Client extends Emitter<ClientEvents> {
     this.#current = null
     const now = Date.now()
     const stayed = attempt.openedAt !== null && this.#reconnect !== false && now - attempt.openedAt >= this.#reconnect.resetAfter
-    if (stayed) this.#attempt = 0
+    if (stayed) {
+      this.#attempt = 0
+      this.#immediateUsed = false
+    }
     this.#rejectPending(new ClientError('FST_WSM_CLIENT_CLOSED', `the connection closed (${ending.code}${ending.reason === '' ? '' : ' ' + ending.reason})`, { closeCode: ending.code }))
     const reconnect = this.#reconnect
-    const decision = attempt.closing === 'refresh'
+    let decision = attempt.closing === 'refresh'
       ? { action: 'now' as const }
       : reconnect === false ? { action: 'stop' as const } : decide(ending, reconnect.base)
+    // One immediate reconnect (a refreshed token, the server's 'Token expired'); a second one
+    // before a connection stayed open backs off: a token that expires at once must not loop.
+    if (decision.action === 'now') {
+      if (this.#immediateUsed && reconnect !== false) decision = { action: 'backoff', floor: 0 }
+      this.#immediateUsed = true
+    }
     let delay: number | null = null
     if (decision.action === 'now') delay = 0
     else if (decision.action === 'backoff' && reconnect !== false) {

@@ -34,6 +34,8 @@ interface Subscription {
   readonly listeners: Set<TopicListener>
   offset: number | null
   epoch: string | number | null
+  /** The connection (by its number) on which it was last asked for. */
+  askedOn: number
 }
 
 /** What the subscriptions need from the client. */
@@ -52,6 +54,7 @@ function isEpoch (value: unknown): value is string | number {
 export class Subscriptions {
   readonly #host: SubscriptionHost
   readonly #topics = new Map<string, Subscription>()
+  #connection = 0
 
   constructor (host: SubscriptionHost) {
     this.#host = host
@@ -68,7 +71,7 @@ export class Subscriptions {
     let subscription = this.#topics.get(topic)
     const first = subscription === undefined
     if (subscription === undefined) {
-      subscription = { topic, listeners: new Set(), offset: null, epoch: null }
+      subscription = { topic, listeners: new Set(), offset: null, epoch: null, askedOn: -1 }
       this.#topics.set(topic, subscription)
     }
     // A wrapper per call, so that the same function subscribed twice is removed once per call.
@@ -84,9 +87,16 @@ export class Subscriptions {
     }
   }
 
-  /** After every open: subscribe to each topic, asking for what was missed. */
+  /** A new connection opened (before its 'open' listeners run). */
+  opened (): void {
+    this.#connection++
+  }
+
+  /** After every open: subscribe to each topic not yet asked for on this connection, asking for what was missed. */
   resubscribe (): void {
-    for (const subscription of this.#topics.values()) this.#subscribe(subscription)
+    for (const subscription of this.#topics.values()) {
+      if (subscription.askedOn !== this.#connection) this.#subscribe(subscription)
+    }
   }
 
   /** Delivers a `topic.message`; false when it is not for a topic of ours (the client emits it). */
@@ -110,6 +120,7 @@ export class Subscriptions {
   }
 
   #subscribe (subscription: Subscription): void {
+    subscription.askedOn = this.#connection
     const since = subscription.offset !== null && subscription.epoch !== null
       ? { offset: subscription.offset, epoch: subscription.epoch }
       : undefined
