@@ -41,6 +41,7 @@ import { CLUSTER_SYSTEMS, clockOffsetMs, type ClusterParams, type ClusterSystem,
 import type { ClientsApi, Received, Target } from './cluster-clients'
 import type { NodeApi } from './cluster-server'
 import { markdownSection, textReport, type ClusterResults, type Latency, type WindowResult } from './cluster-report'
+import { headerHelp, writeBetweenMarkers } from './markdown'
 
 const { values: args } = parseArgs({
   options: {
@@ -352,20 +353,12 @@ function machine (redisVersion: string): ClusterResults['meta']['machine'] {
 }
 
 function updateBenchmarksMd (section: string): void {
-  const text = readFileSync(BENCHMARKS_MD, 'utf8')
-  const start = text.indexOf(MARK_START)
-  const end = text.indexOf(MARK_END)
-  if (start === -1 || end < start) {
-    log('BENCHMARKS.md has no cluster-results markers; table not written there')
-    return
-  }
-  writeFileSync(BENCHMARKS_MD, `${text.slice(0, start + MARK_START.length)}\n${section}\n${text.slice(end)}`)
-  log('BENCHMARKS.md updated')
+  writeBetweenMarkers(BENCHMARKS_MD, MARK_START, MARK_END, section, log)
 }
 
 async function main (): Promise<void> {
   if (args.help === true) {
-    console.log(readFileSync(__filename, 'utf8').split('\n').filter((l) => l.startsWith('//')).map((l) => l.slice(3)).join('\n'))
+    console.log(headerHelp(__filename))
     return
   }
   const url = new URL(args.redis as string)

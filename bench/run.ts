@@ -28,6 +28,7 @@ import { FULL, QUICK, remote, SCENARIOS, type Context, type Scenario, type Serve
 import type { GeneratorApi } from './generator'
 import type { ServerApi, ServerReady } from './server-process'
 import { SYSTEMS, type ServerSpec, type SystemName } from './servers'
+import { headerHelp, writeBetweenMarkers } from './markdown'
 
 const { values: args } = parseArgs({
   options: {
@@ -168,26 +169,12 @@ function markdown (meta: Record<string, unknown>, table: TableRow[], notes: stri
 }
 
 function updateBenchmarksMd (section: string): void {
-  let text: string
-  try {
-    text = readFileSync(BENCHMARKS_MD, 'utf8')
-  } catch {
-    log('BENCHMARKS.md not found; table not written there')
-    return
-  }
-  const start = text.indexOf(MARK_START)
-  const end = text.indexOf(MARK_END)
-  if (start === -1 || end < start) {
-    log('BENCHMARKS.md has no result markers; table not written there')
-    return
-  }
-  writeFileSync(BENCHMARKS_MD, `${text.slice(0, start + MARK_START.length)}\n${section}\n${text.slice(end)}`)
-  log('BENCHMARKS.md updated')
+  writeBetweenMarkers(BENCHMARKS_MD, MARK_START, MARK_END, section, log)
 }
 
 async function main (): Promise<void> {
   if (args.help === true) {
-    console.log(readFileSync(__filename, 'utf8').split('\n').filter((l) => l.startsWith('//')).map((l) => l.slice(3)).join('\n'))
+    console.log(headerHelp(__filename))
     return
   }
   const only = args.only?.split(',')

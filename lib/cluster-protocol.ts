@@ -136,6 +136,22 @@ local function alive (cache, node)
   end
   return ok
 end
+-- A user's entries (KEYS[2]) split into those of live nodes, as {id, raw, decoded}, and the
+-- ids of the others (dead nodes, unreadable entries).
+local function user_entries ()
+  local entries = redis.call('HGETALL', KEYS[2])
+  local cache = {}
+  local live, stale = {}, {}
+  for i = 1, #entries, 2 do
+    local ok, e = pcall(cjson.decode, entries[i + 1])
+    if ok and type(e) == 'table' and type(e[1]) == 'string' and alive(cache, e[1]) then
+      live[#live + 1] = {entries[i], entries[i + 1], e}
+    else
+      stale[#stale + 1] = entries[i]
+    end
+  end
+  return live, stale
+end
 `
 
 /**
@@ -194,25 +210,16 @@ return 1
  * connection id and node id of each entry to close to make room}.
  */
 export const ADMIT = new Script(`
-local entries = redis.call('HGETALL', KEYS[2])
-local cache = {}
-local live = {}
-for i = 1, #entries, 2 do
-  local ok, e = pcall(cjson.decode, entries[i + 1])
-  if ok and type(e) == 'table' and type(e[1]) == 'string' and alive(cache, e[1]) then
-    live[#live + 1] = {entries[i], e}
-  else
-    redis.call('HDEL', KEYS[2], entries[i])
-  end
-end
+local live, stale = user_entries()
+for _, id in ipairs(stale) do redis.call('HDEL', KEYS[2], id) end
 local max = tonumber(ARGV[5])
 local result = {1}
 if max > 0 and #live >= max then
   if ARGV[6] ~= 'closeOldest' then return {0} end
-  table.sort(live, function (a, b) return (tonumber(a[2][3]) or 0) < (tonumber(b[2][3]) or 0) end)
+  table.sort(live, function (a, b) return (tonumber(a[3][3]) or 0) < (tonumber(b[3][3]) or 0) end)
   for i = 1, #live - max + 1 do
     result[#result + 1] = live[i][1]
-    result[#result + 1] = live[i][2][1]
+    result[#result + 1] = live[i][3][1]
   end
 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
@@ -222,15 +229,11 @@ return result
 
 /** A user's live entries. KEYS: nodes, the user's key. Returns {connectionId, entry JSON, ...}. */
 export const PRESENCE = new Script(`
-local entries = redis.call('HGETALL', KEYS[2])
-local cache = {}
+local live = user_entries()
 local result = {}
-for i = 1, #entries, 2 do
-  local ok, e = pcall(cjson.decode, entries[i + 1])
-  if ok and type(e) == 'table' and type(e[1]) == 'string' and alive(cache, e[1]) then
-    result[#result + 1] = entries[i]
-    result[#result + 1] = entries[i + 1]
-  end
+for _, entry in ipairs(live) do
+  result[#result + 1] = entry[1]
+  result[#result + 1] = entry[2]
 end
 return result
 `)
