@@ -172,6 +172,9 @@ export class Client extends Emitter<ClientEvents> {
   #immediateUsed = false
   #reconnectTimer: ReturnType<typeof setTimeout> | null = null
   #nextId = 0
+  // A prefix of its own per client: a server message that happens to carry an id like 'r1'
+  // (an application push) is not taken for the reply to a request.
+  readonly #idPrefix = Math.random().toString(36).slice(2, 10)
   /** False once the server answered auth.refresh with UNKNOWN_TYPE or not at all. */
   #inBand = true
   #waiters: Array<{ resolve: () => void, reject: (err: Error) => void }> = []
@@ -280,7 +283,7 @@ export class Client extends Emitter<ClientEvents> {
     if (this.#state !== 'open' || socket == null || socket.readyState !== OPEN) {
       return Promise.reject(new ClientError('FST_WSM_CLIENT_NOT_OPEN', `request(${type}): the client is ${this.#state}`))
     }
-    const id = 'r' + String(++this.#nextId)
+    const id = `${this.#idPrefix}.${++this.#nextId}`
     let text: string
     try {
       text = JSON.stringify({ ...payload, type, id })
