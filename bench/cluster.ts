@@ -27,9 +27,8 @@
 //   - the CPU of the nodes, Redis, the clients, and the rest of the machine;
 //   - the Redis commands one sendToUser, broadcast and publish cost, counted with MONITOR.
 
-import { execFileSync, fork } from 'node:child_process'
+import { fork } from 'node:child_process'
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
-import { cpus, totalmem } from 'node:os'
 import { dirname, join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { decodeFromCompressedBase64 } from 'hdr-histogram-js'
@@ -41,7 +40,7 @@ import { CLUSTER_SYSTEMS, clockOffsetMs, type ClusterParams, type ClusterSystem,
 import type { ClientsApi, Received, Target } from './cluster-clients'
 import type { NodeApi } from './cluster-server'
 import { markdownSection, textReport, type ClusterResults, type Latency, type WindowResult } from './cluster-report'
-import { headerHelp, writeBetweenMarkers } from './markdown'
+import { headerHelp, machineBasics, packageVersion, writeBetweenMarkers } from './markdown'
 
 const { values: args } = parseArgs({
   options: {
@@ -333,22 +332,10 @@ async function runSystem (system: ClusterSystem, round: number, clients: Clients
 }
 
 function machine (redisVersion: string): ClusterResults['meta']['machine'] {
-  const cpuinfo = readFileSync('/proc/cpuinfo', 'utf8')
-  const version = (pkg: string): string => (JSON.parse(readFileSync(require.resolve(`${pkg}/package.json`), 'utf8')) as { version: string }).version
-  let commit = 'unknown'
-  try {
-    commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim()
-    const dirty = execFileSync('git', ['status', '--porcelain', '--', 'lib'], { cwd: ROOT, encoding: 'utf8' }).trim()
-    if (dirty !== '') commit += ' + uncommitted lib/ changes'
-  } catch {}
   return {
-    commit,
-    cpu: /^model name\s*:\s*(.*)$/m.exec(cpuinfo)?.[1] ?? cpus()[0]?.model ?? 'unknown',
-    cores: cpus().length,
-    memoryGiB: Math.round(totalmem() / 1024 ** 3),
-    node: process.version,
+    ...machineBasics(ROOT),
     redis: redisVersion,
-    versions: Object.fromEntries(['fastify', 'ws', 'ioredis', 'socket.io', 'socket.io-client', '@socket.io/redis-adapter', 'hdr-histogram-js'].map((p) => [p, version(p)]))
+    versions: Object.fromEntries(['fastify', 'ws', 'ioredis', 'socket.io', 'socket.io-client', '@socket.io/redis-adapter', 'hdr-histogram-js'].map((p) => [p, packageVersion(p)]))
   }
 }
 

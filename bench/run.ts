@@ -15,9 +15,8 @@
 // Figures go to bench/results/latest.json; the table is printed, and a full run writes it
 // into BENCHMARKS.md between its result markers.
 
-import { execFileSync, fork } from 'node:child_process'
-import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { cpus, totalmem } from 'node:os'
+import { fork } from 'node:child_process'
+import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { BUILD_DIR, buildChildren } from './build'
@@ -28,7 +27,7 @@ import { FULL, QUICK, remote, SCENARIOS, type Context, type Scenario, type Serve
 import type { GeneratorApi } from './generator'
 import type { ServerApi, ServerReady } from './server-process'
 import { SYSTEMS, type ServerSpec, type SystemName } from './servers'
-import { headerHelp, writeBetweenMarkers } from './markdown'
+import { headerHelp, machineBasics, packageVersion, writeBetweenMarkers } from './markdown'
 
 const { values: args } = parseArgs({
   options: {
@@ -119,23 +118,12 @@ function plan (scenarios: Scenario[]): Session[] {
 }
 
 function machine (): Record<string, unknown> {
-  const cpuinfo = readFileSync('/proc/cpuinfo', 'utf8')
-  const model = /^model name\s*:\s*(.*)$/m.exec(cpuinfo)?.[1] ?? cpus()[0]?.model ?? 'unknown'
-  const version = (pkg: string): string => (JSON.parse(readFileSync(require.resolve(`${pkg}/package.json`), 'utf8')) as { version: string }).version
-  let commit = 'unknown'
-  try {
-    commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim()
-    const dirty = execFileSync('git', ['status', '--porcelain', '--', 'lib'], { cwd: ROOT, encoding: 'utf8' }).trim()
-    if (dirty !== '') commit += ' + uncommitted lib/ changes'
-  } catch {}
+  const { commit, ...basics } = machineBasics(ROOT)
   return {
-    cpu: model,
-    cores: cpus().length,
-    memoryGiB: Math.round(totalmem() / 1024 ** 3),
-    node: process.version,
-    ws: version('ws'),
-    fastify: version('fastify'),
-    fastifyWebsocket: version('@fastify/websocket'),
+    ...basics,
+    ws: packageVersion('ws'),
+    fastify: packageVersion('fastify'),
+    fastifyWebsocket: packageVersion('@fastify/websocket'),
     commit
   }
 }

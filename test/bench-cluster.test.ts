@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import type { ClusterResults } from '../bench/cluster-report'
+import { runScript } from './helper'
 
 // The cross-node fan-out benchmark (bench/cluster.ts) in its quick form, against the Redis on
 // 127.0.0.1:6379: both systems measured, figures that mean something, and every published
@@ -13,16 +13,7 @@ test('the quick cluster benchmark measures both systems and delivers every messa
   const dir = mkdtempSync(join(tmpdir(), 'wsm-bench-cluster-'))
   t.after(() => rmSync(dir, { recursive: true, force: true }))
   const out = join(dir, 'cluster.json')
-  const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '..', 'bench', 'cluster.ts'), '--quick', '--no-md', '--out', out], {
-    cwd: join(__dirname, '..'),
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  // Its children exit with it (they watch the IPC channel).
-  t.after(() => child.kill())
-  let output = ''
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => { output += chunk })
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => { output += chunk })
-  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve))
+  const { code, output } = await runScript(t, join(__dirname, '..', 'bench', 'cluster.ts'), ['--quick', '--no-md', '--out', out])
   assert.equal(code, 0, `the benchmark failed:\n${output}`)
 
   const results = JSON.parse(readFileSync(out, 'utf8')) as ClusterResults

@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import type { TestContext } from 'node:test'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
@@ -241,4 +243,21 @@ export async function within<T> (promise: Promise<T>, ms: number, what: string):
   } finally {
     clearTimeout(timer)
   }
+}
+
+/**
+ * Runs one of the repository's TypeScript scripts in its own process (its children exit with
+ * it, watching the IPC channel); resolves with its exit code and everything it printed.
+ */
+export async function runScript (t: TestContext, script: string, args: string[]): Promise<{ code: number | null, output: string }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', script, ...args], {
+    cwd: join(__dirname, '..'),
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  t.after(() => child.kill())
+  let output = ''
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => { output += chunk })
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => { output += chunk })
+  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve))
+  return { code, output }
 }
