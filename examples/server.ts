@@ -99,7 +99,8 @@ export async function buildServer (config: ServerConfig, demo: DemoOptions = {})
     clientBundle ??= bundleBrowserClient()
     return reply.type('text/javascript; charset=utf-8').header('cache-control', 'no-cache').send(await clientBundle)
   })
-  app.get('/health', async () => app.wsManager.checkConnectionHealth())
+  // The plugin serves the probes (/health liveness, /ready readiness); this is the heartbeat's view.
+  app.get('/health/connections', async () => app.wsManager.checkConnectionHealth())
   // Statistics name users: only for a holder of a valid token.
   app.get('/stats', { onRequest: async (request) => { await request.jwtVerify() } }, async () => app.wsManager.stats())
 
@@ -127,8 +128,11 @@ async function main (): Promise<void> {
   const users = process.env.DASHBOARD_USERS
   const dashboardUsers = users === undefined || users === '' ? undefined : users.split(',').map((u) => u.trim()).filter((u) => u !== '')
   const { app, devToken } = await buildServer(config, { tickInterval, dashboardUsers })
+  // SIGTERM (a deploy): drain over DRAIN_DURATION (readiness false, upgrades 503, connections
+  // closed with 1012 in batches), then close and exit 0. A second SIGTERM, or SIGINT, closes
+  // what remains at once with the shutdown code.
   let closing = false
-  const stop = (signal: string): void => {
+  const close = (signal: string): void => {
     if (closing) return
     closing = true
     app.log.info({ signal }, 'shutting down')
@@ -137,8 +141,21 @@ async function main (): Promise<void> {
       process.exit(1)
     })
   }
-  process.once('SIGTERM', () => stop('SIGTERM'))
-  process.once('SIGINT', () => stop('SIGINT'))
+  let draining = false
+  const drain = (): void => {
+    if (draining) {
+      close('SIGTERM')
+      return
+    }
+    draining = true
+    app.wsManager.drain({ duration: config.drainDuration })
+      .then(() => close('SIGTERM'), (err: unknown) => {
+        app.log.error({ err }, 'drain failed')
+        close('SIGTERM')
+      })
+  }
+  process.on('SIGTERM', drain)
+  process.on('SIGINT', () => close('SIGINT'))
   const address = await app.listen({ port: config.port, host: config.host })
   if (devToken !== null) {
     // Printed to the console on purpose, never through the logger: JWT_SECRET is unset, so

@@ -73,6 +73,10 @@ export function createAdmissionHook (manager: WsManager, settings: AdmissionSett
     if (manager.shuttingDown) {
       return refuse(manager, request, reply, new UpgradeRefusal(503, 'Server is shutting down', 'shutting down', { 'retry-after': '1' }), settings.hooks)
     }
+    if (manager.draining) {
+      // The other nodes take the client; the client's own backoff spreads the retries.
+      return refuse(manager, request, reply, new UpgradeRefusal(503, 'Server is draining', 'draining', { 'retry-after': '1' }), settings.hooks)
+    }
     if (!settings.originAllowed(request)) {
       return refuse(manager, request, reply, new UpgradeRefusal(403, 'Origin not allowed', `origin ${String(request.headers.origin).slice(0, 200)}`), settings.hooks)
     }

@@ -7,7 +7,7 @@ import { ipKey } from './ip'
 import { UpgradeRefusal } from './refusal'
 import { kChosenToken } from './symbols'
 import { claimedSubject, extractToken, headerAlgorithm, verifiedExpiry, TOKEN_SOURCES, type CookieSettings, type TokenLookup, type TokenSource } from './token'
-import { checkInt, checkString, fail, section } from './validate'
+import { checkBool, checkInt, checkString, fail, section } from './validate'
 
 /** JWT authentication on upgrade, on top of the application's @fastify/jwt. */
 export interface AuthOptions {
@@ -94,11 +94,6 @@ const AUTH_KEYS = ['userIdClaim', 'sources', 'queryParam', 'subprotocolPrefix', 
 // RFC 6455 subprotocol names are RFC 7230 tokens.
 const TOKEN_CHARS = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
 const ALGORITHM = /^(HS|RS|PS|ES)(256|384|512)$|^EdDSA$/
-
-function checkBool (name: string, value: unknown): boolean {
-  if (typeof value !== 'boolean') fail(name, `expected true or false, got ${JSON.stringify(value)}`)
-  return value
-}
 
 function resolveFailureLimit (input: unknown): FailureLimitOptions | false {
   const base = AUTH_DEFAULTS.failureLimit as FailureLimitOptions

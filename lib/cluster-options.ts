@@ -1,7 +1,7 @@
 // The `cluster` option: several processes acting as one server over Redis (lib/cluster.ts).
 import { hostname } from 'node:os'
 import type { Redis } from 'ioredis'
-import { checkInt, checkOneOf, fail, section } from './validate'
+import { checkBool, checkInt, checkOneOf, fail, section } from './validate'
 
 /** Cluster mode: several processes share delivery, presence, topics and the per-user cap over Redis. */
 export interface ClusterOptions {
@@ -34,6 +34,13 @@ export interface ClusterOptions {
    * @default 'auto'
    */
   pubsub?: 'auto' | 'sharded' | 'classic'
+  /**
+   * The node is of no use without Redis: the readiness endpoint answers 503 while Redis is
+   * unreachable (or the node is not registered), so a load balancer sends clients elsewhere.
+   * Env CLUSTER_REQUIRED.
+   * @default false
+   */
+  required?: boolean
 }
 
 /** The cluster options after validation. */
@@ -44,6 +51,7 @@ export interface ResolvedClusterOptions {
   requestTimeout: number
   presenceTtl: number
   pubsub: 'auto' | 'sharded' | 'classic'
+  required: boolean
 }
 
 const NAME = /^[A-Za-z0-9._:-]{1,64}$/
@@ -65,7 +73,7 @@ export function defaultNodeId (): string {
 /** Validates the `cluster` option; `false` or undefined is off. */
 export function resolveCluster (input: unknown): ResolvedClusterOptions | false {
   if (input === undefined || input === false) return false
-  const given = section('cluster', input, ['redis', 'prefix', 'nodeId', 'requestTimeout', 'presenceTtl', 'pubsub'])
+  const given = section('cluster', input, ['redis', 'prefix', 'nodeId', 'requestTimeout', 'presenceTtl', 'pubsub', 'required'])
   const redis = given.redis
   if (typeof redis === 'string') {
     if (!/^rediss?:\/\//.test(redis)) fail('cluster.redis', 'expected a redis:// or rediss:// URL or an ioredis client')
@@ -84,6 +92,7 @@ export function resolveCluster (input: unknown): ResolvedClusterOptions | false 
     nodeId,
     requestTimeout: given.requestTimeout === undefined ? 2000 : checkInt('cluster.requestTimeout', given.requestTimeout, 10, 600_000),
     presenceTtl: given.presenceTtl === undefined ? 15_000 : checkInt('cluster.presenceTtl', given.presenceTtl, 300, 3_600_000),
-    pubsub: given.pubsub === undefined ? 'auto' : checkOneOf('cluster.pubsub', given.pubsub, ['auto', 'sharded', 'classic'] as const)
+    pubsub: given.pubsub === undefined ? 'auto' : checkOneOf('cluster.pubsub', given.pubsub, ['auto', 'sharded', 'classic'] as const),
+    required: given.required === undefined ? false : checkBool('cluster.required', given.required)
   }
 }

@@ -133,6 +133,8 @@ export class Cluster implements TopicListener {
   #started = false
   #stopped = false
   #stopping = false
+  // Drained: out of nodes() for good, its Redis connections still open for publishing.
+  #withdrawn = false
   #down = false
   #fallbackWarned = false
   #beat: NodeJS.Timeout | null = null
@@ -227,6 +229,22 @@ export class Cluster implements TopicListener {
     this.#stopped = true
     this.#registered = false
     await Promise.all([quit(this.commands), quit(this.#sub)])
+  }
+
+  /**
+   * Takes the node out of nodes() for good (a drain finished): no more refreshes or
+   * re-registration; publishing and answering requests go on until stop().
+   */
+  async withdraw (): Promise<void> {
+    if (this.#withdrawn || this.#stopped || this.#stopping) return
+    this.#withdrawn = true
+    if (this.#beat !== null) clearInterval(this.#beat)
+    if (this.#recovering !== null) await this.#recovering.catch(noop)
+    if (this.#registered) {
+      const n = this.names
+      this.#registered = false
+      await this.#eval(DEREGISTER, [n.nodes, n.tokens, n.info, n.nodeConnections(this.nodeId)], [this.nodeId, this.#token, n.userKeyPrefix])
+    }
   }
 
   stats (): ClusterStats {
@@ -595,7 +613,7 @@ export class Cluster implements TopicListener {
   #startBeat (): void {
     if (this.#beat !== null) return
     this.#beat = setInterval(() => {
-      if (!this.#usable() || this.#stopping) return
+      if (!this.#usable() || this.#stopping || this.#withdrawn) return
       // A timeout without a dropped connection leaves no 'ready' to recover on: the beat does.
       if (this.#down) this.#recover()
       else {
@@ -611,7 +629,7 @@ export class Cluster implements TopicListener {
   // that closed meanwhile (or of admissions that timed out here but ran there) go, every open
   // connection and pending admission is put back. The subscriber's own 'ready' restores channels.
   #recover (registered = false): void {
-    if (this.#stopping || this.#recovering !== null || !this.#usable()) return
+    if (this.#stopping || this.#withdrawn || this.#recovering !== null || !this.#usable()) return
     this.#recovering = (async () => {
       if (!registered) {
         const result = await this.#register()

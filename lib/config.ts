@@ -22,6 +22,12 @@ export interface ServerConfig {
    * @default null
    */
   jwtSecret: string | null
+  /**
+   * Milliseconds over which the reference server drains its connections on SIGTERM (0 closes
+   * them all at once). Env DRAIN_DURATION.
+   * @default 25000
+   */
+  drainDuration: number
   /** The plugin's options. */
   options: WsManagerOptions
 }
@@ -169,7 +175,8 @@ export function loadConfig (env: Env = process.env): ServerConfig {
     const redis = (env.REDIS_URL as string).trim()
     // The URL may hold a password: the error says what is wrong, never the value.
     if (!/^rediss?:\/\/\S+$/.test(redis)) throw new errors.FST_WSM_ENV_INVALID('REDIS_URL', `(${redis.length} characters)`, 'expected a redis:// or rediss:// URL')
-    options.cluster = nodeId === undefined ? { redis, prefix } : { redis, prefix, nodeId }
+    const required = read.bool('CLUSTER_REQUIRED', false)
+    options.cluster = nodeId === undefined ? { redis, prefix, required } : { redis, prefix, nodeId, required }
     if (!read.has('JWT_SECRET')) {
       throw new errors.FST_WSM_ENV_INVALID('JWT_SECRET', '(unset)', 'required with REDIS_URL: every node must accept the same tokens')
     }
@@ -191,6 +198,7 @@ export function loadConfig (env: Env = process.env): ServerConfig {
     logLevel: read.string('LOG_LEVEL', 'info', (v) => LOG_LEVELS.includes(v) ? null : `expected one of ${LOG_LEVELS.join(', ')}`),
     // The value itself never goes into an error message: only its length.
     jwtSecret: read.has('JWT_SECRET') ? read.secret('JWT_SECRET', 32) : null,
+    drainDuration: read.int('DRAIN_DURATION', 25_000, 0, 3_600_000),
     options
   }
 }

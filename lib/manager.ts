@@ -4,6 +4,7 @@ import type { AuthResult } from './auth'
 import type WebSocket from 'ws'
 import { checkCloseRequest, GracefulCloseManager, type CloseRequest, type CloseResult, type CloseStats } from './close'
 import { CompressionManager, type CompressionStats } from './compression'
+import { checkDrainRequest, Drain, type CheckedDrain, type DrainOptions, type DrainResult } from './drain'
 import { Connection, type CloseInfo, type ConnectionHost, type HookRunner, type RouteSettings } from './connection'
 import { DeliveryCounters, prepare, type DeliveryStats, type Prepared, type Sendable } from './delivery'
 import { CloseCode, errors } from './errors'
@@ -184,6 +185,10 @@ export class WsManager implements ConnectionHost {
   #clusterApi: ClusterApi | null = null
   readonly #log: FastifyBaseLogger
   #shuttingDown = false
+  #drain: Drain | null = null
+  #drainRequest: CheckedDrain | null = null
+  #drainPromise: Promise<DrainResult> | null = null
+  #whenEmpty: (() => void) | null = null
   #open = 0
   #opened = 0
   #closed = 0
@@ -251,6 +256,47 @@ export class WsManager implements ConnectionHost {
   /** True once the application started closing; new upgrades are refused with 503. */
   get shuttingDown (): boolean {
     return this.#shuttingDown
+  }
+
+  /** True once `drain()` was called: readiness is false and new upgrades are refused with 503. */
+  get draining (): boolean {
+    return this.#drainRequest !== null
+  }
+
+  /** @internal The close code and reason of the drain under way, or null. */
+  get drainClose (): { code: number, reason: string } | null {
+    return this.#drainRequest
+  }
+
+  /**
+   * Takes the node out of service for a deploy: at once readiness turns false and upgrades
+   * get 503 with Retry-After; the open connections are closed (code 1012 by default) in
+   * batches spread over `duration` with random jitter, a peer that does not answer within
+   * `close.timeout` being terminated. In cluster mode the node then leaves `nodes()`.
+   * Resolves when every connection is closed. A second call returns the first call's promise.
+   * Rejects, changing nothing, with FST_WSM_ARGUMENT_INVALID or FST_WSM_CLOSE_CODE_INVALID
+   * on a bad option.
+   */
+  drain (options?: DrainOptions): Promise<DrainResult> {
+    const checked = checkDrainRequest(options)
+    if (checked instanceof Error) return Promise.reject(checked)
+    if (this.#drainPromise !== null) return this.#drainPromise
+    this.#drainRequest = checked
+    const open: Connection[] = []
+    for (const connection of this.#registry) if (connection.state === 'open') open.push(connection)
+    const empty = this.#registry.size === 0
+      ? Promise.resolve()
+      : new Promise<void>((resolve) => { this.#whenEmpty = resolve })
+    const drain = new Drain(open, checked, empty)
+    this.#drain = drain
+    this.#log.info({ connections: open.length, durationMs: checked.duration, batches: drain.batches, code: checked.code }, 'drain started')
+    this.#drainPromise = drain.promise.then(async (result) => {
+      // The node's presence left with each connection; now the node itself leaves nodes().
+      if (this.#cluster !== null) await this.#cluster.withdraw()
+      this.#log.info(result, 'drain finished')
+      return result
+    })
+    return this.#drainPromise
   }
 
   /** The seed's name for `connections.byUser(userId)`. */
@@ -604,6 +650,8 @@ export class WsManager implements ConnectionHost {
   /** @internal The application is closing: refuse upgrades, close everything, wait. */
   async shutdown (): Promise<void> {
     this.#shuttingDown = true
+    // A drain under way stops firing batches: what remains closes now, with the shutdown code.
+    this.#drain?.stop()
     await this.closeAll().catch((err: unknown) => this.#log.error({ err }, 'shutdown close failed'))
     this.heartbeat.stopAll()
     this.#stopSweep()
@@ -641,7 +689,13 @@ export class WsManager implements ConnectionHost {
     if (connection.rateBucket !== null) this.messageLimiter?.release(connection.rateBucket)
     const userId = connection.userId
     if (userId !== null && this.#cluster !== null && this.#registry.countByUser(userId) === 0) this.#cluster.userLeft(userId)
-    if (this.#registry.size === 0) this.#stopSweep()
+    if (this.#registry.size === 0) {
+      this.#stopSweep()
+      if (this.#whenEmpty !== null) {
+        this.#whenEmpty()
+        this.#whenEmpty = null
+      }
+    }
     if (channels.close.hasSubscribers) channels.close.publish({ connection, ...info })
     // Last of the bookkeeping, and contained: an application's tracing SDK may throw.
     if (this.observer !== null) {

@@ -13,10 +13,11 @@ import { resolveOrigins, type OriginPolicy } from './origin'
 import type { RouteHookOptions } from './hooks'
 import type { MessageRoutes } from './router'
 import type { FastifyRequest } from 'fastify'
-import { checkInt, checkOneOf, fail, isPlainObject, section } from './validate'
+import { checkBool, checkInt, checkOneOf, fail, isPlainObject, section } from './validate'
 import { resolveCluster, type ClusterOptions, type ResolvedClusterOptions } from './cluster-options'
 import { resolveMetrics, type MetricsOptions, type ResolvedMetricsOptions } from './metrics-options'
 import { resolveTopics, type ResolvedTopicsOptions, type TopicsOptions } from './topic-log'
+import { HEALTH_DEFAULTS, resolveHealth, type HealthOptions, type ResolvedHealthOptions } from './health'
 
 export { checkInt } from './validate'
 export type { CloseOptions } from './close'
@@ -183,6 +184,13 @@ export interface WsManagerOptions {
    * @default false
    */
   topics?: false | TopicsOptions
+  /**
+   * Probe endpoints: liveness (200 while the event loop turns) and readiness (503 while
+   * draining, shutting down, or with `cluster.required` while Redis is unreachable); either
+   * path `false`, or `false` for neither.
+   * @default { liveness: '/health', readiness: '/ready' }
+   */
+  health?: boolean | HealthOptions
 }
 
 /** The live dashboard's options. */
@@ -239,6 +247,7 @@ export interface ResolvedOptions {
   metrics: ResolvedMetricsOptions | false
   tracing: boolean
   topics: ResolvedTopicsOptions | false
+  health: ResolvedHealthOptions | false
 }
 
 /** The defaults every option starts from. */
@@ -266,18 +275,14 @@ export const DEFAULTS: Readonly<ResolvedOptions> = Object.freeze({
   dashboard: false as const,
   metrics: false as const,
   tracing: true,
-  topics: false as const
+  topics: false as const,
+  health: HEALTH_DEFAULTS
 })
 
 const TOP_LEVEL_KEYS = ['auth', 'allowedOrigins', 'requireOrigin', 'upgradeRateLimit', 'messageRateLimit', 'maxConnections',
   'maxConnectionsPerIp', 'maxConnectionsPerUser', 'onUserLimit', 'close', 'heartbeat', 'idleTimeout', 'frameSize', 'compression',
-  'backpressure', 'messageErrorLimit', 'ws', 'connectionData', 'maxTopicsPerConnection', 'cluster', 'dashboard', 'metrics', 'tracing', 'topics'] as const
+  'backpressure', 'messageErrorLimit', 'ws', 'connectionData', 'maxTopicsPerConnection', 'cluster', 'dashboard', 'metrics', 'tracing', 'topics', 'health'] as const
 const ROUTE_KEYS = ['auth', 'upgradeRateLimit', 'heartbeat', 'idleTimeout', 'backpressure', 'messages', 'messageErrorLimit', 'hooks'] as const
-
-function checkBool (name: string, value: unknown): boolean {
-  if (typeof value !== 'boolean') fail(name, `expected true or false, got ${JSON.stringify(value)}`)
-  return value
-}
 
 /** Validates `{ max, timeWindow }` over a base. */
 export function resolveWindow (input: unknown, base: { max: number, timeWindow: number }, name: string): { max: number, timeWindow: number } {
@@ -366,7 +371,8 @@ export function normalizeOptions (input: unknown = {}): ResolvedOptions {
     dashboard: resolveDashboard(opts.dashboard),
     metrics: resolveMetrics(opts.metrics),
     tracing: checkBool('tracing', opts.tracing ?? DEFAULTS.tracing),
-    topics: resolveTopics(opts.topics)
+    topics: resolveTopics(opts.topics),
+    health: resolveHealth(opts.health)
   }
 }
 

@@ -25,6 +25,7 @@ import { WsMetrics } from './metrics'
 import type { ConnectionObserver } from './manager'
 import type { RouterObserver } from './router'
 import { WsTracing } from './tracing'
+import { registerHealth } from './health'
 import { normalizeOptions, resolveRouteConfig, type WsManagerOptions } from './options'
 import { createOriginCheck } from './origin'
 import { createUrlRedactor } from './redact'
@@ -205,6 +206,12 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
       if (manager.shuttingDown) {
         // The upgrade passed routing just before shutdown began; it gets the shutdown code too.
         connection.close(options.close.shutdownCode, options.close.shutdownReason).catch(noop)
+        return
+      }
+      const drain = manager.drainClose
+      if (drain !== null) {
+        // Admitted just before the drain began: it goes the way of the others, now.
+        connection.close(drain.code, drain.reason).catch(noop)
         return
       }
       // 'closeOldest' makes room only once the new connection exists, so a request that ws
@@ -522,6 +529,10 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
       return true
     }
     registerDashboard(fastify, manager, { path: dashboard.path }, gate)
+  }
+
+  if (options.health !== false) {
+    registerHealth(fastify, options.health, manager, cluster, options.cluster !== false && options.cluster.required)
   }
 
   if (cluster !== null) {

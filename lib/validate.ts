@@ -39,3 +39,9 @@ export function section (name: string, value: unknown, known: readonly string[])
   }
   return value
 }
+
+/** Validates a boolean. */
+export function checkBool (name: string, value: unknown): boolean {
+  if (typeof value !== 'boolean') fail(name, `expected true or false, got ${JSON.stringify(value)}`)
+  return value
+}

@@ -20,7 +20,7 @@ async function start (t: TestContext, options: WsManagerOptions = {}, jwtOptions
     seen.push(request.wsConnection as Connection)
     onSocket?.(socket)
   })
-  app.get('/health', async () => ({ ok: true }))
+  app.get('/status', async () => ({ ok: true }))
   const url = await listen(app)
   return { app, url, seen }
 }
@@ -51,15 +51,15 @@ function rawUpgrade (t: TestContext, url: string, path: string, headers: Record<
 test('an upgrade to a route without a WebSocket handler is refused before any 101, with a JSON body', async (t) => {
   const { app, url } = await start(t, { maxConnectionsPerIp: 2 })
   for (let i = 0; i < 5; i++) {
-    const { status } = await rawUpgrade(t, url, '/health', { origin: 'http://evil.example' })
+    const { status } = await rawUpgrade(t, url, '/status', { origin: 'http://evil.example' })
     assert.equal(status, 'HTTP/1.1 404 Not Found')
   }
-  const answer = await attempt(t, `${url}/health`)
+  const answer = await attempt(t, `${url}/status`)
   assert.equal(answer.status, 404)
   assert.equal(answer.body?.message, 'Not a WebSocket route')
   assert.equal(app.wsManager.stats().admission.refused['404'], 6)
   // The route still answers plain requests.
-  assert.deepEqual((await app.inject({ url: '/health' })).json(), { ok: true })
+  assert.deepEqual((await app.inject({ url: '/status' })).json(), { ok: true })
 })
 
 test('an async listener that rejects closes its connection with 1011; the process carries on', async (t) => {

@@ -53,6 +53,7 @@ test('the cluster option is validated with FST_WSM_OPTION_INVALID', () => {
     [{ redis: REDIS, requestTimeout: 0 }, 'cluster.requestTimeout'],
     [{ redis: REDIS, presenceTtl: 100 }, 'cluster.presenceTtl'],
     [{ redis: REDIS, pubsub: 'fast' }, 'cluster.pubsub'],
+    [{ redis: REDIS, required: 'yes' }, 'cluster.required'],
     [{ redis: REDIS, nodes: 3 }, 'cluster.nodes'],
     ['redis://127.0.0.1', 'cluster']
   ]
@@ -64,7 +65,7 @@ test('the cluster option is validated with FST_WSM_OPTION_INVALID', () => {
   const resolved = normalizeOptions({ cluster: { redis: REDIS } })
   assert.ok(resolved.cluster !== false)
   assert.deepEqual({ ...resolved.cluster, nodeId: typeof resolved.cluster.nodeId },
-    { redis: REDIS, prefix: 'wsm', nodeId: 'string', requestTimeout: 2000, presenceTtl: 15_000, pubsub: 'auto' })
+    { redis: REDIS, prefix: 'wsm', nodeId: 'string', requestTimeout: 2000, presenceTtl: 15_000, pubsub: 'auto', required: false })
   assert.equal(normalizeOptions({}).cluster, false)
 })
 
@@ -80,9 +81,9 @@ test('a Redis Cluster client is refused rather than half supported', () => {
 test('loadConfig: REDIS_URL turns cluster mode on, with CLUSTER_PREFIX and NODE_ID', () => {
   const secret = 's'.repeat(32)
   assert.equal(loadConfig({}).options.cluster, undefined)
-  assert.deepEqual(loadConfig({ REDIS_URL: REDIS, JWT_SECRET: secret }).options.cluster, { redis: REDIS, prefix: 'wsm' })
-  assert.deepEqual(loadConfig({ REDIS_URL: REDIS, JWT_SECRET: secret, CLUSTER_PREFIX: 'chat', NODE_ID: 'pod-1' }).options.cluster,
-    { redis: REDIS, prefix: 'chat', nodeId: 'pod-1' })
+  assert.deepEqual(loadConfig({ REDIS_URL: REDIS, JWT_SECRET: secret }).options.cluster, { redis: REDIS, prefix: 'wsm', required: false })
+  assert.deepEqual(loadConfig({ REDIS_URL: REDIS, JWT_SECRET: secret, CLUSTER_PREFIX: 'chat', NODE_ID: 'pod-1', CLUSTER_REQUIRED: 'true' }).options.cluster,
+    { redis: REDIS, prefix: 'chat', nodeId: 'pod-1', required: true })
   const invalid = (env: Record<string, string>, name: string): void => {
     assert.throws(() => loadConfig(env), (err: Error & { code?: string }) => err.code === 'FST_WSM_ENV_INVALID' && err.message.includes(name))
   }
@@ -93,6 +94,7 @@ test('loadConfig: REDIS_URL turns cluster mode on, with CLUSTER_PREFIX and NODE_
   invalid({ CLUSTER_PREFIX: 'a{b}' }, 'CLUSTER_PREFIX')
   invalid({ CLUSTER_PREFIX: 'a:b' }, 'CLUSTER_PREFIX')
   invalid({ NODE_ID: 'pod 1' }, 'NODE_ID')
+  invalid({ REDIS_URL: REDIS, JWT_SECRET: secret, CLUSTER_REQUIRED: 'maybe' }, 'CLUSTER_REQUIRED')
 })
 
 test("the plugin opens its own Redis connections, closes them on app.close(), and leaves the caller's client alone", async (t) => {

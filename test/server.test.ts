@@ -4,6 +4,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { readdirSync } from 'node:fs'
 import { connect as netConnect, type Socket } from 'node:net'
 import { join } from 'node:path'
+import WebSocket from 'ws'
 import { closed, connectQueued, socketClosed, waitFor } from './helper'
 
 const root = join(__dirname, '..')
@@ -31,6 +32,30 @@ async function start (t: TestContext, env: Record<string, string> = {}): Promise
   return { child, url: `ws://127.0.0.1:${port}`, port, token, exited, output: () => output }
 }
 
+async function poll (predicate: () => Promise<boolean>, ms: number, what: string): Promise<void> {
+  const deadline = Date.now() + ms
+  while (!await predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+}
+
+// An upgrade the server answers with an HTTP status instead of 101.
+function refusedUpgrade (url: string, headers: Record<string, string>): Promise<{ status: number, retryAfter: string | undefined }> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url, { headers })
+    ws.on('unexpected-response', (_request, response) => {
+      resolve({ status: response.statusCode ?? 0, retryAfter: response.headers['retry-after'] as string | undefined })
+      ws.terminate()
+    })
+    ws.on('open', () => {
+      ws.terminate()
+      reject(new Error('the upgrade was accepted'))
+    })
+    ws.on('error', () => {})
+  })
+}
+
 function openFds (pid: number): number {
   return readdirSync(`/proc/${pid}/fd`).length
 }
@@ -42,7 +67,7 @@ function rawConnect (t: TestContext, port: number): Promise<Socket> {
   return new Promise((resolve) => socket.once('connect', () => resolve(socket)))
 }
 
-test('the reference server routes chat, whispers, echoes binary, reports health and closes with 1001 on SIGTERM', async (t) => {
+test('the reference server routes chat, whispers, echoes binary, reports health and closes with 1001 on SIGINT', async (t) => {
   const server = await start(t)
   const headers = { authorization: `Bearer ${server.token}` }
   const { ws: a, next: nextA } = await connectQueued(t, server.url + '/ws', { headers })
@@ -65,8 +90,10 @@ test('the reference server routes chat, whispers, echoes binary, reports health 
   b.send(Buffer.from([1, 2, 3]))
   assert.deepEqual([...await echoed], [1, 2, 3])
 
-  const health = await (await fetch(`http://127.0.0.1:${server.port}/health`)).json() as { activeConnections: number }
+  const health = await (await fetch(`http://127.0.0.1:${server.port}/health/connections`)).json() as { activeConnections: number }
   assert.equal(health.activeConnections, 2)
+  assert.deepEqual(await (await fetch(`http://127.0.0.1:${server.port}/health`)).json(), { status: 'ok' })
+  assert.deepEqual(await (await fetch(`http://127.0.0.1:${server.port}/ready`)).json(), { status: 'ready' })
   assert.equal((await fetch(`http://127.0.0.1:${server.port}/stats`)).status, 401)
   assert.equal((await fetch(`http://127.0.0.1:${server.port}/stats`, { headers })).status, 200)
   assert.match(await (await fetch(`http://127.0.0.1:${server.port}/`)).text(), /bearer\./)
@@ -74,8 +101,52 @@ test('the reference server routes chat, whispers, echoes binary, reports health 
   assert.ok(!server.output().includes(server.token.split('.')[2] + '"'), 'the token never reaches a log line')
 
   const seen = [closed(a), closed(b)]
-  server.child.kill('SIGTERM')
+  server.child.kill('SIGINT')
   for (const result of await Promise.all(seen)) assert.deepEqual(result, { code: 1001, reason: 'Server shutting down' })
+  assert.equal(await server.exited, 0)
+})
+
+test('on SIGTERM the reference server drains over DRAIN_DURATION: not ready, upgrades 503, 1012 closes spread out, exit 0', async (t) => {
+  const server = await start(t, { DRAIN_DURATION: '2000' })
+  const headers = { authorization: `Bearer ${server.token}` }
+  const clients = await Promise.all(Array.from({ length: 8 }, async () => (await connectQueued(t, server.url + '/ws', { headers })).ws))
+  const closes = clients.map(async (ws) => {
+    const result = await closed(ws)
+    return { ...result, at: Date.now() }
+  })
+  const signalled = Date.now()
+  server.child.kill('SIGTERM')
+  const base = `http://127.0.0.1:${server.port}`
+  await poll(async () => (await fetch(`${base}/ready`)).status === 503, 2000, 'readiness to turn false')
+  assert.deepEqual(await (await fetch(`${base}/ready`)).json(), { status: 'draining' })
+  assert.equal((await fetch(`${base}/health`)).status, 200, 'alive while draining')
+  const refused = await refusedUpgrade(server.url + '/ws', headers)
+  assert.equal(refused.status, 503)
+  assert.equal(refused.retryAfter, '1')
+  const results = await Promise.all(closes)
+  for (const result of results) assert.deepEqual({ code: result.code, reason: result.reason }, { code: 1012, reason: 'Service restart' })
+  const times = results.map((r) => r.at - signalled).sort((x, y) => x - y)
+  // Eight clients in eight batches over two seconds: never all at once.
+  assert.ok((times.at(-1) as number) - (times[0] as number) >= 600, `closes spread over ${(times.at(-1) as number) - (times[0] as number)} ms: ${times.join(', ')}`)
+  assert.ok((times.at(-1) as number) < 2000 + 1500, `the last close came ${times.at(-1) as number} ms after SIGTERM`)
+  assert.equal(await server.exited, 0)
+  assert.match(server.output(), /"msg":"drain finished"/)
+})
+
+test('a second SIGTERM during a drain closes what remains at once with the shutdown code', async (t) => {
+  const server = await start(t, { DRAIN_DURATION: '600000' })
+  const headers = { authorization: `Bearer ${server.token}` }
+  const clients = await Promise.all(Array.from({ length: 3 }, async () => (await connectQueued(t, server.url + '/ws', { headers })).ws))
+  const done = clients.map((ws) => closed(ws))
+  server.child.kill('SIGTERM')
+  await poll(async () => (await fetch(`http://127.0.0.1:${server.port}/ready`)).status === 503, 2000, 'the drain to begin')
+  const second = Date.now()
+  server.child.kill('SIGTERM')
+  const results = await Promise.all(done)
+  assert.ok(Date.now() - second < 3000)
+  // Three batches over ten minutes: one may have fired already (a 0.5 % chance), not two.
+  const codes = results.map((r) => r.code)
+  assert.ok(codes.filter((c) => c === 1001).length >= 2 && codes.every((c) => c === 1001 || c === 1012), `closed with ${codes.join(', ')}`)
   assert.equal(await server.exited, 0)
 })
 
