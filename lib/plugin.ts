@@ -285,6 +285,9 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
         { ...(config.auth ? refreshRoute(requestPrototype) : {}), ...(options.topics === false ? {} : topicRoutes()) })
     if (router !== null) router.observer = routerObserver
     const settings = manager.routeSettings(config, router, new RouteHooks(manager.hooks, config.hooks, `config.wsManager.hooks (route ${route})`))
+    // A gauge at 0 rather than no series: an autoscaler on ws_connections_active sees a new
+    // node's zero (see deploy/kubernetes).
+    manager.traffic.declare(route)
     const admission: AdmissionSettings = {
       route,
       get authenticator () { return config.auth ? authenticator : null },

@@ -60,6 +60,11 @@ export class TrafficTotals {
     return totals
   }
 
+  /** A WebSocket route exists: its totals show (at zero) before its first connection. */
+  declare (route: string): void {
+    this.#of(route)
+  }
+
   opened (connection: Connection): void {
     const totals = this.#of(connection.route)
     totals.opened++

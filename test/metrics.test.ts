@@ -221,3 +221,11 @@ test('in cluster mode: nodes, Redis up and publish failures', async (t) => {
   assert.equal(value(samples, 'ws_cluster_redis_up'), 0)
   assert.equal(value(samples, 'ws_cluster_publish_failures_total'), 1)
 })
+
+test('ws_connections_active is 0 for each WebSocket route before its first connection (an autoscaler sees new nodes)', async (t) => {
+  const { app } = await build(t, { auth: false, metrics: true })
+  const { samples } = await scrape(app)
+  assert.equal(value(samples, 'ws_connections_active', { route: '/a' }), 0)
+  assert.equal(value(samples, 'ws_connections_active', { route: '/b' }), 0)
+  assert.equal(app.wsManager.stats().routes['/a']?.active, 0)
+})
