@@ -75,7 +75,19 @@ export const errors = {
   /** A close was asked for with a code that RFC 6455 does not allow in a close frame. */
   FST_WSM_CLOSE_CODE_INVALID: createError<[string]>(
     'FST_WSM_CLOSE_CODE_INVALID',
-    'Close code %s cannot be sent: use 1000-1003, 1007-1014 or 3000-4999', 500, RangeError)
+    'Close code %s cannot be sent: use 1000-1003, 1007-1014 or 3000-4999', 500, RangeError),
+  /** SshConnectionPool: caps reached and the queue full, or a caller waited queueTimeout. */
+  FST_WSM_SSH_SATURATED: createError<[string, string]>('FST_WSM_SSH_SATURATED', 'SSH target %s is saturated: %s', 503),
+  /** SshConnectionPool: connect refused, DNS failure, readyTimeout, or the connection was lost. */
+  FST_WSM_SSH_UNREACHABLE: createError<[string, string]>('FST_WSM_SSH_UNREACHABLE', 'SSH target %s is unreachable: %s', 502),
+  /** SshConnectionPool: every authentication method failed, or the private key could not be read. */
+  FST_WSM_SSH_AUTH: createError<[string, string]>('FST_WSM_SSH_AUTH', 'SSH authentication to %s failed: %s', 502),
+  /** SshConnectionPool: the server's host key was not verified. */
+  FST_WSM_SSH_HOSTKEY: createError<[string, string]>('FST_WSM_SSH_HOSTKEY', 'SSH host key of %s was not verified: %s', 502),
+  /** SshConnectionPool: the server refused a channel or a request on it. */
+  FST_WSM_SSH_REFUSED: createError<[string, string]>('FST_WSM_SSH_REFUSED', 'SSH server %s refused: %s', 502),
+  /** SshConnectionPool: the pool was closed. */
+  FST_WSM_SSH_CLOSED: createError<[string, string]>('FST_WSM_SSH_CLOSED', 'SSH connection pool closed, no session to %s: %s', 503)
 } as const
 
 /** The codes of every error in {@link errors}. */

@@ -47,6 +47,11 @@ export { DRAIN_DEFAULTS } from './drain'
 export type { DrainOptions, DrainResult } from './drain'
 export { HEALTH_DEFAULTS } from './health'
 export type { HealthOptions } from './health'
+export { SshConnectionPool, SSH_CLOSE_CODES, SSH_POOL_DEFAULTS, isSshPoolError } from './ssh-pool'
+export type {
+  SshErrorKind, SshExecOptions, SshForwardDestination, SshHostInfo, SshHostKeyCheck, SshHostVerifier,
+  SshPoolError, SshPoolOptions, SshPoolStats, SshPtyOptions, SshTarget
+} from './ssh-pool'
 export { loadConfig } from './config'
 export type { ServerConfig } from './config'
 
