@@ -191,7 +191,10 @@ export function capsExceeded (manager: WsManager, settings: AdmissionSettings, r
 export function createCapsHook (manager: WsManager, settings: AdmissionSettings) {
   return function checkCaps (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
     if (!request.ws) return done()
-    const refusal = capsExceeded(manager, settings, request)
+    // The application's own hooks ran since onRequest: a drain may have begun meanwhile.
+    const refusal = manager.draining
+      ? new UpgradeRefusal(503, 'Server is draining', 'draining', { 'retry-after': '1' })
+      : capsExceeded(manager, settings, request)
     if (refusal !== null) {
       releaseReservation(manager, request)
       refuse(manager, request, reply, refusal, settings.hooks)

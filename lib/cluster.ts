@@ -242,8 +242,10 @@ export class Cluster implements TopicListener {
     if (this.#recovering !== null) await this.#recovering.catch(noop)
     if (this.#registered) {
       const n = this.names
-      this.#registered = false
-      await this.#eval(DEREGISTER, [n.nodes, n.tokens, n.info, n.nodeConnections(this.nodeId)], [this.nodeId, this.#token, n.userKeyPrefix])
+      const reply = await this.#eval(DEREGISTER, [n.nodes, n.tokens, n.info, n.nodeConnections(this.nodeId)], [this.nodeId, this.#token, n.userKeyPrefix])
+      // Not known to have left: stop() tries again; else the entry expires after presenceTtl.
+      if (reply === FAILED) this.#log.warn({ nodeId: this.nodeId }, 'cluster: leaving nodes() failed; the entry expires within presenceTtl')
+      else this.#registered = false
     }
   }
 
@@ -596,6 +598,8 @@ export class Cluster implements TopicListener {
       this.#registered = false
       return 'taken'
     }
+    // A refresh that was under way when the node withdrew: DEREGISTER ran after it in Redis.
+    if (this.#withdrawn) return 'ok'
     this.#registered = true
     if (typeof reply[1] === 'string' && reply[1] !== '') this.#collect(reply[1]).catch(noop)
     return reply[2] === 1 ? 'fresh' : 'ok'

@@ -171,11 +171,11 @@ export function loadConfig (env: Env = process.env): ServerConfig {
   const name = (v: string): string | null => /^[A-Za-z0-9._:-]{1,64}$/.test(v) ? null : 'expected 1 to 64 characters from A-Z a-z 0-9 . _ : -'
   const prefix = read.string('CLUSTER_PREFIX', 'wsm', (v) => /^[A-Za-z0-9._-]{1,64}$/.test(v) ? null : 'expected 1 to 64 characters from A-Z a-z 0-9 . _ -')
   const nodeId = read.has('NODE_ID') ? read.string('NODE_ID', '', name) : undefined
+  const required = read.bool('CLUSTER_REQUIRED', false)
   if (read.has('REDIS_URL')) {
     const redis = (env.REDIS_URL as string).trim()
     // The URL may hold a password: the error says what is wrong, never the value.
     if (!/^rediss?:\/\/\S+$/.test(redis)) throw new errors.FST_WSM_ENV_INVALID('REDIS_URL', `(${redis.length} characters)`, 'expected a redis:// or rediss:// URL')
-    const required = read.bool('CLUSTER_REQUIRED', false)
     options.cluster = nodeId === undefined ? { redis, prefix, required } : { redis, prefix, nodeId, required }
     if (!read.has('JWT_SECRET')) {
       throw new errors.FST_WSM_ENV_INVALID('JWT_SECRET', '(unset)', 'required with REDIS_URL: every node must accept the same tokens')

@@ -13,8 +13,10 @@ export interface DrainOptions {
   /** Close reason (cut to 123 bytes). @default 'Service restart' */
   reason?: string
   /**
-   * Number of batches (1 to 100000). The default gives a batch every 250 ms or so, which keeps
-   * any second's closes under twice the average pace; fewer batches make bigger bursts.
+   * Number of batches (1 to 100000). The default gives a batch every 250 ms or so, each at a
+   * random moment of the middle half of its slot, which keeps any second's closes under about
+   * 1.4 times the average pace (two closes when the pace is under one a second); fewer batches
+   * make bigger bursts.
    * @default min(connections, max(1, floor(duration / 250)))
    */
   batches?: number
@@ -68,24 +70,26 @@ export function checkDrainRequest (input: unknown): CheckedDrain | Error {
   for (const key of Object.keys(given)) {
     if (!['duration', 'code', 'reason', 'batches'].includes(key)) return new errors.FST_WSM_ARGUMENT_INVALID(key, 'unknown drain option; expected duration, code, reason or batches')
   }
-  const duration = given.duration ?? DRAIN_DEFAULTS.duration
+  const duration = given.duration === undefined ? DRAIN_DEFAULTS.duration : given.duration
   if (!isInt(duration, 0, MAX_DRAIN_DURATION)) return new errors.FST_WSM_ARGUMENT_INVALID('duration', `expected an integer from 0 to ${MAX_DRAIN_DURATION} ms, got ${String(duration)}`)
   if (given.batches !== undefined && !isInt(given.batches, 1, MAX_BATCHES)) {
     return new errors.FST_WSM_ARGUMENT_INVALID('batches', `expected an integer from 1 to ${MAX_BATCHES}, got ${String(given.batches)}`)
   }
-  const close = checkCloseRequest(given.code ?? DRAIN_DEFAULTS.code, given.reason ?? DRAIN_DEFAULTS.reason, undefined, 1)
+  const close = checkCloseRequest(given.code === undefined ? DRAIN_DEFAULTS.code : given.code,
+    given.reason === undefined ? DRAIN_DEFAULTS.reason : given.reason, undefined, 1)
   if (close instanceof Error) return close
   return { duration, code: close.code, reason: close.reason, batches: (given.batches as number | undefined) ?? null }
 }
 
 /**
- * When each batch fires, in ms from the start: batch i at a random moment of its own slot
- * [i, i + 1) × duration / batches, so batches never bunch and no two drains are alike.
+ * When each batch fires, in ms from the start: batch i at a random moment of the middle half
+ * of its own slot [i, i + 1) × duration / batches, so two batches are always at least half a
+ * slot apart and no two drains are alike.
  */
 export function planBatches (duration: number, batches: number, random: () => number = Math.random): number[] {
   const slot = duration / batches
   const times: number[] = []
-  for (let i = 0; i < batches; i++) times.push(Math.floor(i * slot + random() * slot))
+  for (let i = 0; i < batches; i++) times.push(Math.floor(i * slot + slot / 4 + random() * slot / 2))
   return times
 }
 
@@ -101,8 +105,10 @@ export interface Drainable {
 }
 
 /**
- * One drain: shuffles the connections, closes them batch by batch, and resolves once the
- * registry is empty. `stop()` cancels the batches not yet fired (a shutdown closes the rest).
+ * One drain. Each batch takes its share of the connections still open at that moment
+ * (those open / batches left), picked at random, so connections that leave by themselves are
+ * neither waited for nor held, and the pace follows what is left. Resolves once the registry
+ * is empty. `stop()` cancels the batches not yet fired (a shutdown closes the rest).
  */
 export class Drain {
   readonly promise: Promise<DrainResult>
@@ -113,33 +119,22 @@ export class Drain {
   #pending = 0
   #started = Date.now()
 
-  constructor (connections: Drainable[], request: CheckedDrain, registryEmpty: Promise<void>) {
-    const order = connections.slice()
-    // Fisher-Yates: which clients go first differs from run to run, like the timing.
-    for (let i = order.length - 1; i > 0; i--) {
-      const j = Math.floor(Math.random() * (i + 1))
-      const t = order[i] as Drainable
-      order[i] = order[j] as Drainable
-      order[j] = t
-    }
-    const count = order.length
+  constructor (count: number, live: () => Iterable<Drainable>, request: CheckedDrain, registryEmpty: Promise<void>) {
     const batches = count === 0 ? 0 : request.duration === 0 ? 1 : Math.min(count, request.batches ?? defaultBatches(count, request.duration))
     this.batches = batches
     const times = planBatches(request.duration, batches)
-    let next = 0
     for (let i = 0; i < batches; i++) {
-      // Sizes differ by at most one: the first (count % batches) batches take one more.
-      const size = Math.floor(count / batches) + (i < count % batches ? 1 : 0)
-      const slice = order.slice(next, next + size)
-      next += size
+      const left = batches - i
       const fire = (): void => {
-        for (const connection of slice) {
-          if (connection.state !== 'open') continue
-          this.#pending++
-          connection.close(request.code, request.reason).then((result) => {
-            if (result.clean) this.#clean++
-            else this.#forced++
-          }, () => { this.#forced++ }).finally(() => { this.#pending-- })
+        const open: Drainable[] = []
+        for (const connection of live()) if (connection.state === 'open') open.push(connection)
+        // A partial Fisher-Yates: the first `take` places get a random pick of the rest.
+        const take = left === 1 ? open.length : Math.ceil(open.length / left)
+        for (let k = 0; k < take; k++) {
+          const j = k + Math.floor(Math.random() * (open.length - k))
+          const picked = open[j] as Drainable
+          open[j] = open[k] as Drainable
+          this.#close(picked, request)
         }
       }
       const delay = times[i] as number
@@ -159,6 +154,14 @@ export class Drain {
         durationMs: Date.now() - this.#started
       }
     })
+  }
+
+  #close (connection: Drainable, request: CheckedDrain): void {
+    this.#pending++
+    connection.close(request.code, request.reason).then((result) => {
+      if (result.clean) this.#clean++
+      else this.#forced++
+    }, () => { this.#forced++ }).finally(() => { this.#pending-- })
   }
 
   /** Cancels the batches not yet fired. */

@@ -30,7 +30,9 @@ const PATH = /^\/[A-Za-z0-9._~\-/]*$/
 function checkPath (name: string, value: unknown, fallback: string): string | false {
   if (value === undefined) return fallback
   if (value === false) return false
-  if (typeof value !== 'string' || !PATH.test(value)) fail(name, 'expected an absolute path such as /ready, or false')
+  if (typeof value !== 'string' || !PATH.test(value) || value.split('/').slice(1).some((part, i, all) => part === '.' || part === '..' || (part === '' && i < all.length - 1))) {
+    fail(name, 'expected an absolute path such as /ready, or false')
+  }
   return value
 }
 
@@ -40,7 +42,7 @@ export function resolveHealth (input: unknown): ResolvedHealthOptions | false {
   const given = input === true ? {} : section('health', input, ['liveness', 'readiness'])
   const liveness = checkPath('health.liveness', given.liveness, HEALTH_DEFAULTS.liveness as string)
   const readiness = checkPath('health.readiness', given.readiness, HEALTH_DEFAULTS.readiness as string)
-  if (liveness !== false && liveness === readiness) fail('health.readiness', 'expected a path other than health.liveness')
+  if (liveness !== false && readiness !== false && liveness.toLowerCase() === readiness.toLowerCase()) fail('health.readiness', 'expected a path other than health.liveness')
   return { liveness, readiness }
 }
 
@@ -68,9 +70,22 @@ const READY = '{"status":"ready"}'
  */
 export function registerHealth (fastify: FastifyInstance, options: ResolvedHealthOptions, manager: ReadinessSource,
   cluster: Cluster | null, clusterRequired: boolean): void {
-  for (const [name, url] of [['health.liveness', options.liveness], ['health.readiness', options.readiness]] as const) {
-    if (url !== false && fastify.hasRoute({ method: 'GET', url })) fail(name, `the application has a GET ${url} route already: choose another path, or false`)
+  const paths = [['health.liveness', options.liveness], ['health.readiness', options.readiness]] as const
+  const prefix = fastify.prefix
+  for (const [name, url] of paths) {
+    if (url !== false && fastify.hasRoute({ method: 'GET', url: prefix + url })) fail(name, `the application has a GET ${prefix}${url} route already: choose another path, or false`)
   }
+  // A route the application adds later at a probe path gets the same coded error, not
+  // Fastify's duplicate-route error.
+  const taken = new Map(paths.filter(([, url]) => url !== false).map(([name, url]) => [(prefix + url).toLowerCase(), name]))
+  let registering = true
+  fastify.addHook('onRoute', (route) => {
+    if (registering) return
+    const methods = Array.isArray(route.method) ? route.method : [route.method]
+    const name = taken.get(route.url.toLowerCase())
+    if (name === undefined || !methods.includes('GET')) return
+    fail(name, `the application adds a GET ${route.url} route: the plugin serves ${route.url}; choose another path for it, or false`)
+  })
   const json = 'application/json; charset=utf-8'
   if (options.liveness !== false) {
     fastify.get(options.liveness, { logLevel: 'warn' }, (_request, reply) => {
@@ -85,4 +100,5 @@ export function registerHealth (fastify: FastifyInstance, options: ResolvedHealt
       else reply.code(503).send(JSON.stringify({ status: why }))
     })
   }
+  registering = false
 }

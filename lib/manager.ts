@@ -4,6 +4,7 @@ import type { AuthResult } from './auth'
 import type WebSocket from 'ws'
 import { checkCloseRequest, GracefulCloseManager, type CloseRequest, type CloseResult, type CloseStats } from './close'
 import { CompressionManager, type CompressionStats } from './compression'
+import { forwardingHost, type ForwardingStats } from './forward-session'
 import { checkDrainRequest, Drain, type CheckedDrain, type DrainOptions, type DrainResult } from './drain'
 import { Connection, type CloseInfo, type ConnectionHost, type HookRunner, type RouteSettings } from './connection'
 import { DeliveryCounters, prepare, type DeliveryStats, type Prepared, type Sendable } from './delivery'
@@ -67,6 +68,11 @@ export interface AdmissionStats {
   messages: MessageLimitStats | null
 }
 
+function forwardingStats (owner: object): ForwardingStats {
+  const host = forwardingHost(owner)
+  return host.counters.snapshot(host.open)
+}
+
 /** One snapshot of every component's statistics, from `fastify.wsManager.stats()`. */
 export interface WsManagerStats {
   connections: ConnectionStats
@@ -82,6 +88,8 @@ export interface WsManagerStats {
   routes: Record<string, RouteTraffic>
   /** Cluster counters; null when cluster mode is off. */
   cluster: ClusterStats | null
+  /** Sessions of the forwarding handlers (sshTerminal, tcpTunnel, sshTunnel). */
+  forwarding: ForwardingStats
 }
 
 /**
@@ -282,14 +290,13 @@ export class WsManager implements ConnectionHost {
     if (checked instanceof Error) return Promise.reject(checked)
     if (this.#drainPromise !== null) return this.#drainPromise
     this.#drainRequest = checked
-    const open: Connection[] = []
-    for (const connection of this.#registry) if (connection.state === 'open') open.push(connection)
     const empty = this.#registry.size === 0
       ? Promise.resolve()
       : new Promise<void>((resolve) => { this.#whenEmpty = resolve })
-    const drain = new Drain(open, checked, empty)
+    const registry = this.#registry
+    const drain = new Drain(this.#open, () => registry, checked, empty)
     this.#drain = drain
-    this.#log.info({ connections: open.length, durationMs: checked.duration, batches: drain.batches, code: checked.code }, 'drain started')
+    this.#log.info({ connections: this.#open, durationMs: checked.duration, batches: drain.batches, code: checked.code }, 'drain started')
     this.#drainPromise = drain.promise.then(async (result) => {
       // The node's presence left with each connection; now the node itself leaves nodes().
       if (this.#cluster !== null) await this.#cluster.withdraw()
@@ -494,7 +501,8 @@ export class WsManager implements ConnectionHost {
       },
       topics: { active: this.topics.size },
       routes: this.traffic.snapshot(this.#registry),
-      cluster: this.#cluster === null ? null : this.#cluster.stats()
+      cluster: this.#cluster === null ? null : this.#cluster.stats(),
+      forwarding: forwardingStats(this)
     }
   }
 

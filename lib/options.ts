@@ -347,6 +347,11 @@ export function normalizeOptions (input: unknown = {}): ResolvedOptions {
   if (opts.onUserLimit !== undefined && maxConnectionsPerUser === 0) {
     fail('onUserLimit', 'only applies with maxConnectionsPerUser above 0; set that cap too, or leave onUserLimit out')
   }
+  const cluster = resolveCluster(opts.cluster)
+  const health = resolveHealth(opts.health)
+  if (cluster !== false && cluster.required && (health === false || health.readiness === false)) {
+    fail('cluster.required', 'only acts through the readiness endpoint: leave health.readiness on, or cluster.required out')
+  }
   return {
     auth: resolveAuth(opts.auth),
     allowedOrigins: resolveOrigins(opts.allowedOrigins, DEFAULTS.allowedOrigins),
@@ -367,12 +372,12 @@ export function normalizeOptions (input: unknown = {}): ResolvedOptions {
     ws: resolveWs(opts.ws),
     connectionData: resolveConnectionData(opts.connectionData),
     maxTopicsPerConnection: checkInt('maxTopicsPerConnection', opts.maxTopicsPerConnection ?? DEFAULTS.maxTopicsPerConnection, 0, 1_000_000),
-    cluster: resolveCluster(opts.cluster),
+    cluster,
     dashboard: resolveDashboard(opts.dashboard),
     metrics: resolveMetrics(opts.metrics),
     tracing: checkBool('tracing', opts.tracing ?? DEFAULTS.tracing),
     topics: resolveTopics(opts.topics),
-    health: resolveHealth(opts.health)
+    health
   }
 }
 

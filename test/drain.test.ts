@@ -45,9 +45,10 @@ function busiestWindow (times: number[], windowMs: number): number {
 test('the batch plan: one fire time in each slot, random within it, never two plans alike', () => {
   const times = planBatches(2000, 8)
   assert.equal(times.length, 8)
-  times.forEach((at, i) => assert.ok(at >= i * 250 && at < (i + 1) * 250, `batch ${i} at ${at}`))
+  // The middle half of each slot: two batches are at least half a slot apart.
+  times.forEach((at, i) => assert.ok(at >= i * 250 + 62 && at <= i * 250 + 188, `batch ${i} at ${at}`))
   assert.notDeepEqual(planBatches(30_000, 120), planBatches(30_000, 120))
-  assert.deepEqual(planBatches(1000, 4, () => 0), [0, 250, 500, 750])
+  assert.deepEqual(planBatches(1000, 4, () => 0), [62, 312, 562, 812])
   assert.equal(defaultBatches(300, 25_000), 100)
   assert.equal(defaultBatches(10, 25_000), 10)
   assert.equal(defaultBatches(10, 0), 1)
@@ -59,6 +60,20 @@ test('the batch plan: one fire time in each slot, random within it, never two pl
     const per = count / batches
     const fires = planBatches(duration, batches, random).flatMap((at) => Array.from({ length: per }, () => at))
     assert.ok(busiestWindow(fires, 1000) <= 2 * count / (duration / 1000), `busiest second: ${busiestWindow(fires, 1000)}`)
+  }
+  // Few connections, one per batch: still at most twice the pace, or two closes when the pace
+  // is under one a second, whatever the jitter.
+  for (const count of [16, 35, 40, 90]) {
+    const duration = 30_000
+    const batches = defaultBatches(count, duration)
+    for (const random of [() => 0, () => 0.9999, Math.random]) {
+      const plan = planBatches(duration, batches, random)
+      const late = plan.map((at, i) => i % 2 === 0 ? at : planBatches(duration, batches, () => 0)[i] as number)
+      for (const fires of [plan, late]) {
+        const most = busiestWindow(fires, 1000)
+        assert.ok(most <= Math.max(2, 2 * count / (duration / 1000)), `${count} over 30 s: ${most} in one second`)
+      }
+    }
   }
 })
 
@@ -90,6 +105,26 @@ test('drain(): not ready at once, upgrades get 503 with Retry-After, 1012 closes
   assert.equal(result.clean, count)
   assert.equal(app.wsManager.connections.size, 0)
   assert.equal(app.wsManager.stats().admission.refused[503], 1)
+})
+
+test('an upgrade held in the application\'s own hook when the drain begins gets 503, not a 101', async (t) => {
+  const app = await build(t, { auth: false, upgradeRateLimit: false })
+  let entered: () => void = () => {}
+  const inHook = new Promise<void>((resolve) => { entered = resolve })
+  app.get('/ws', {
+    websocket: true,
+    preHandler: async () => {
+      entered()
+      await new Promise((resolve) => setTimeout(resolve, 300))
+    }
+  }, () => {})
+  const url = await listen(app)
+  const answer = refusal(url + '/ws')
+  await inHook
+  const result = await app.wsManager.drain({ duration: 1000 })
+  assert.equal(result.connections, 0)
+  assert.deepEqual(await answer, { status: 503, retryAfter: '1' })
+  assert.equal(app.wsManager.connections.size, 0)
 })
 
 test('drain() terminates a peer that never answers the close within close.timeout, and resolves', async (t) => {
@@ -142,6 +177,9 @@ test('drain() with a bad option rejects with a coded error and changes nothing',
     [{ code: 1005 }, 'FST_WSM_CLOSE_CODE_INVALID'],
     [{ code: 5000 }, 'FST_WSM_CLOSE_CODE_INVALID'],
     [{ reason: 42 }, 'FST_WSM_ARGUMENT_INVALID'],
+    [{ reason: null }, 'FST_WSM_ARGUMENT_INVALID'],
+    [{ duration: null }, 'FST_WSM_ARGUMENT_INVALID'],
+    [{ code: null }, 'FST_WSM_CLOSE_CODE_INVALID'],
     [{ durations: 5 }, 'FST_WSM_ARGUMENT_INVALID'],
     ['soon', 'FST_WSM_ARGUMENT_INVALID'],
     [null, 'FST_WSM_ARGUMENT_INVALID']
@@ -175,9 +213,27 @@ test('the health option: paths, false, validation, and a clash with an existing 
 
   for (const [health, name] of [[{ liveness: 'health' }, 'health.liveness'], [{ readiness: 3 }, 'health.readiness'],
     [{ liveness: '/x', readiness: '/x' }, 'health.readiness'], [{ probes: '/x' }, 'health.probes'], ['yes', 'health'],
-    [{ liveness: '/a b' }, 'health.liveness']] as const) {
+    [{ liveness: '/a b' }, 'health.liveness'], [{ liveness: '//x/../y' }, 'health.liveness'], [{ readiness: '/a/./b' }, 'health.readiness'],
+    [{ liveness: '/Health', readiness: '/health' }, 'health.readiness']] as const) {
     assertOptionInvalid(() => normalizeOptions({ health } as never), name)
   }
+  assertOptionInvalid(() => normalizeOptions({ health: { readiness: false }, cluster: { redis: 'redis://127.0.0.1:6379', required: true } }), 'cluster.required')
+  assertOptionInvalid(() => normalizeOptions({ health: false, cluster: { redis: 'redis://127.0.0.1:6379', required: true } }), 'cluster.required')
+  // A route the application adds after the plugin, at a probe path: the coded error too.
+  const later = await build(t, { auth: false })
+  assert.throws(() => later.get('/health', async () => 'mine'), (err: Error & { code?: string }) => err.code === 'FST_WSM_OPTION_INVALID' && err.message.includes('health.liveness'))
+  later.get('/healthz', async () => 'fine')
+  // Under a prefix, the probes live under it, and a root route of the same name is no clash.
+  const root = Fastify({ logger: false })
+  t.after(() => root.close())
+  root.get('/ready', async () => 'root')
+  await root.register(async (scope) => {
+    await scope.register(wsManager, { auth: false })
+    scope.get('/ws', { websocket: true }, () => {})
+  }, { prefix: '/api' })
+  await root.ready()
+  assert.equal((await root.inject({ url: '/ready' })).body, 'root')
+  assert.deepEqual((await root.inject({ url: '/api/ready' })).json(), { status: 'ready' })
   const clash = Fastify({ logger: false })
   t.after(() => clash.close())
   clash.get('/ready', async () => 'mine')
