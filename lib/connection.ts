@@ -158,6 +158,8 @@ const EMPTY = Buffer.alloc(0)
 const HOLD_RATE = 1
 /** @internal While onConnection hooks run. */
 export const HOLD_HOOKS = 4
+/** @internal While a forwarding session's upstream cannot take more bytes (lib/forward.ts). */
+export const HOLD_UPSTREAM = 8
 
 /**
  * One accepted WebSocket under management: identity, counters, sending and its way out.

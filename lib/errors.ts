@@ -11,6 +11,8 @@ export const CloseCode = Object.freeze({
   GOING_AWAY: 1001,
   /** The peer broke the WebSocket protocol. */
   PROTOCOL_ERROR: 1002,
+  /** The peer sent a kind of data the endpoint does not take (text to a binary tunnel). */
+  UNSUPPORTED_DATA: 1003,
   /** A message was not valid for its type (bad UTF-8, malformed JSON, repeated schema failures). */
   INVALID_PAYLOAD: 1007,
   /** The peer broke a policy: expired token, rate limit, user connection limit. */

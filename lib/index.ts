@@ -52,6 +52,8 @@ export type {
   SshErrorKind, SshExecOptions, SshForwardDestination, SshHostInfo, SshHostKeyCheck, SshHostVerifier,
   SshPoolError, SshPoolOptions, SshPoolStats, SshPtyOptions, SshTarget
 } from './ssh-pool'
+export { sshTerminal, tcpTunnel, sshTunnel, SESSION_DEFAULTS } from './forward'
+export type { ForwardDestination, ForwardHandler, ForwardingStats, ForwardKind, SessionLimits, SshTerminalOptions, SshTunnelOptions, TcpTunnelOptions } from './forward'
 export { loadConfig } from './config'
 export type { ServerConfig } from './config'
 
