@@ -8,6 +8,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import jwt from '@fastify/jwt'
 import wsManager, { loadConfig, type Connection, type ServerConfig } from '../lib/index'
 import { bundleBrowserClient } from '../scripts/client-bundle'
+import { registerTerminal, TERMINAL_PATH } from './terminal'
 
 const page = readFileSync(join(__dirname, 'public', 'index.html'), 'utf8')
 
@@ -20,6 +21,8 @@ export interface DemoOptions {
    * (comma-separated). Default: the dev token's user when JWT_SECRET is unset, else none.
    */
   dashboardUsers?: string[]
+  /** Where the terminal's SSH settings (SSH_HOST, ...) are read from. Default process.env. */
+  terminalEnv?: Record<string, string | undefined>
 }
 
 /** Where the reference server serves its dashboard. */
@@ -49,6 +52,8 @@ export async function buildServer (config: ServerConfig, demo: DemoOptions = {})
       ? false
       : { path: DASHBOARD_PATH, authorize: (request) => dashboardUsers.has(String((request.user as { sub?: unknown } | undefined)?.sub)) }
   })
+  // A browser terminal at /terminal on the SSH server the SSH_* variables name (see the README).
+  await registerTerminal(app, demo.terminalEnv ?? process.env)
 
   interface Chat { type: 'chat', text: string }
   interface Whisper { type: 'whisper', to: string, text: string }
@@ -163,6 +168,7 @@ async function main (): Promise<void> {
     process.stdout.write(`\nJWT_SECRET is not set: a random secret is in use. Dev token (user "dev-user", 12 h):\n${devToken}\n` +
       `Open ${address}/#token=${devToken}\n`)
   }
+  process.stdout.write(`Browser terminal: ${address}${TERMINAL_PATH}#token=${devToken ?? '<a token>'}\n`)
   if (app.wsManager.options.dashboard !== false) {
     const tokenHint = devToken === null ? '<a token of a DASHBOARD_USERS user>' : devToken
     process.stdout.write(`Live dashboard: ${address}${DASHBOARD_PATH}?access_token=${tokenHint}\n\n`)

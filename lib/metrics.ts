@@ -217,6 +217,52 @@ export class WsMetrics implements RouterObserver {
       labelNames: ['route', 'code'],
       registers
     }))
+    // Forwarding sessions (sshTerminal, tcpTunnel, sshTunnel); zero until a handler is used.
+    add(() => new Gauge({
+      name: `${p}forward_sessions_active`,
+      help: 'Forwarding sessions open now, by kind (terminal, tcp, ssh-tunnel)',
+      labelNames: ['kind'],
+      registers,
+      collect () {
+        this.reset()
+        for (const [kind, n] of Object.entries(stats().forwarding.active)) this.set({ kind }, n)
+      }
+    }))
+    add(() => new Counter({
+      name: `${p}forward_sessions_opened_total`,
+      help: 'Forwarding sessions whose upstream opened, by kind',
+      labelNames: ['kind'],
+      registers,
+      collect () {
+        this.reset()
+        for (const [kind, n] of Object.entries(stats().forwarding.opened)) this.inc({ kind }, n)
+      }
+    }))
+    add(() => new Counter({
+      name: `${p}forward_sessions_failed_total`,
+      help: 'Forwarding sessions refused or failed before their upstream opened, by kind and reason',
+      labelNames: ['kind', 'reason'],
+      registers,
+      collect () {
+        this.reset()
+        for (const [key, n] of Object.entries(stats().forwarding.failed)) {
+          const [kind, reason] = key.includes(':') ? key.split(':') : ['', key]
+          this.inc({ kind, reason }, n)
+        }
+      }
+    }))
+    add(() => new Counter({
+      name: `${p}forward_bytes_total`,
+      help: 'Bytes through forwarding sessions, by kind and direction (up: client to upstream)',
+      labelNames: ['kind', 'direction'],
+      registers,
+      collect () {
+        this.reset()
+        const f = stats().forwarding
+        for (const [kind, n] of Object.entries(f.bytesUp)) this.inc({ kind, direction: 'up' }, n)
+        for (const [kind, n] of Object.entries(f.bytesDown)) this.inc({ kind, direction: 'down' }, n)
+      }
+    }))
     if (source.clusterNodes() !== null) {
       add(() => new Gauge({
         name: `${p}cluster_nodes`,
