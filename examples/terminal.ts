@@ -53,7 +53,7 @@ async function readSettings (env: Env): Promise<Settings | null> {
   // typo in a name fails the start instead of leaving the page saying "not configured".
   const required = (name: string, what: string): string => get(name) ?? invalid(name, '(unset)', `required when ${given.join(', ')} ${given.length === 1 ? 'is' : 'are'} set: ${what}`)
   const host = required('SSH_HOST', 'the SSH server\'s host name or IP address')
-  if (!/^[A-Za-z0-9._:%-]+$/.test(host)) invalid('SSH_HOST', JSON.stringify(host), 'expected a host name or an IP address (IPv6 without brackets)')
+  if (!/^[A-Za-z0-9._:-]+$/.test(host)) invalid('SSH_HOST', JSON.stringify(host), 'expected a host name or an IP address (IPv6 without brackets or zone)')
   const rawPort = get('SSH_PORT') ?? '22'
   const port = /^\d{1,5}$/.test(rawPort) ? Number(rawPort) : NaN
   if (!(port >= 1 && port <= 65535)) invalid('SSH_PORT', JSON.stringify(rawPort), 'expected an integer from 1 to 65535')

@@ -185,6 +185,7 @@ export class Session {
   readonly #onEnd: () => void
   /** Called for each text frame (terminal control); unset: a text frame closes with 1003. */
   onText: ((text: string) => void) | null = null
+  readonly #abort = new AbortController()
 
   constructor (kind: ForwardKind, connection: Connection, socket: WebSocket, target: string, limits: ResolvedLimits, host: SessionHost, onEnd: () => void) {
     this.kind = kind
@@ -197,6 +198,17 @@ export class Session {
     // Nothing the client sends is read until the upstream can take it.
     connection.holdInput(HOLD_UPSTREAM)
     socket.on('close', (code: number, reason: Buffer) => this.#finish({ code, reason: reason.toString() }))
+    // From the start, not from the upstream's: a session waiting on a stalled server ends too.
+    if (limits.idleTimeout > 0 || limits.maxSessionDuration > 0) {
+      const tick = Math.min(1000, ...[limits.idleTimeout, limits.maxSessionDuration].filter((n) => n > 0).map((n) => Math.max(10, Math.floor(n / 4))))
+      this.#timer = setInterval(() => this.#checkLimits(), tick)
+      this.#timer.unref()
+    }
+  }
+
+  /** Aborted when the session ends: what the session still waits for (a pool request) is given up. */
+  get signal (): AbortSignal {
+    return this.#abort.signal
   }
 
   /** Whether the session ended (the client left, or close() ran). */
@@ -222,6 +234,8 @@ export class Session {
     // Paused well before the high-water mark, so that no send meets the backpressure policy.
     const pauseAt = Math.max(1024, Math.floor(highWaterMark / 2))
     upstream.on('data', (chunk: Buffer) => {
+      // Read to its end after the teardown (an SSH channel frees its slot so): not forwarded.
+      if (this.#ended) return
       this.bytesDown += chunk.length
       this.#lastByte = Date.now()
       connection.send(chunk)
@@ -256,11 +270,6 @@ export class Session {
     })
     this.#held = false
     connection.releaseInput(HOLD_UPSTREAM)
-    const tick = Math.min(1000, ...[this.#limits.idleTimeout, this.#limits.maxSessionDuration].filter((n) => n > 0).map((n) => Math.max(10, Math.floor(n / 4))))
-    if (this.#limits.idleTimeout > 0 || this.#limits.maxSessionDuration > 0) {
-      this.#timer = setInterval(() => this.#checkLimits(), tick)
-      this.#timer.unref()
-    }
   }
 
   /** Records the shell's exit status for the audit line and the close reason. */
@@ -287,6 +296,7 @@ export class Session {
     if (this.#ended) return
     this.#ended = true
     if (this.#timer !== null) clearInterval(this.#timer)
+    this.#abort.abort()
     if (this.#held) {
       this.#held = false
       this.connection.releaseInput(HOLD_UPSTREAM)

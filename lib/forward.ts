@@ -81,9 +81,10 @@ const REFUSALS = {
 
 type Refusal = keyof typeof REFUSALS
 
-// A thrown target() or a pool error, as a refusal.
+// A pool error, as a refusal; a target the pool refused as malformed is the application's bug.
 function refusalOf (err: unknown): Refusal {
   if (isSshPoolError(err)) return err.kind
+  if ((err as { code?: unknown } | null)?.code === 'FST_WSM_ARGUMENT_INVALID') return 'targetFailed'
   return 'unreachable'
 }
 
@@ -203,7 +204,8 @@ async function start<T extends Place> (socket: WebSocket, request: FastifyReques
     if (session.ended) return
     const why = refusalOf(err)
     host.counters.failed(`${kind}:${why}`)
-    connection.log.info({ forward: kind, refused: why, err: isSshPoolError(err) ? { code: err.code, kind: err.kind } : { message: (err as Error).message } }, 'forwarding upstream failed')
+    if (why === 'targetFailed') connection.log.error({ forward: kind, err: { code: (err as { code?: unknown }).code, message: (err as Error).message } }, 'forwarding target refused by the pool')
+    else connection.log.info({ forward: kind, refused: why, err: isSshPoolError(err) ? { code: err.code, kind: err.kind } : { message: (err as Error).message } }, 'forwarding upstream failed')
     const [code, reason] = REFUSALS[why]
     session.close(code, reason)
   }
@@ -233,9 +235,11 @@ function channelTeardown (channel: ClientChannel): () => void {
   }
 }
 
-// A channel that closed with no exit status: the connection to the SSH server was lost.
-function upstreamLost (session: Session): void {
-  session.close(CloseCode.INTERNAL_ERROR, 'Upstream unavailable')
+// An upstream that ended without an exit status: lost (1011), or the pool was closed (1001).
+function upstreamLost (session: Session, pool?: SshConnectionPool, channel?: ClientChannel): void {
+  const kind = pool !== undefined && channel !== undefined ? pool.channelError(channel)?.kind : undefined
+  const [code, reason] = REFUSALS[kind === 'closed' ? 'closed' : 'unreachable']
+  session.close(code, reason)
 }
 
 /**
@@ -258,7 +262,7 @@ export function sshTerminal (options: SshTerminalOptions): ForwardHandler {
   const pool = options.pool
   return function terminal (socket, request) {
     start(socket, request, sessions, 'terminal', options.target, allowed, 22, async (target, session) => {
-      const channel = await pool.shell(target, { cols: 80, rows: 24, term })
+      const channel = await pool.shell(target, { cols: 80, rows: 24, term }, { signal: session.signal })
       let exit: { code: number | null, signal: string | null } | null = null
       channel.on('exit', (code: number | null, signal?: string) => {
         exit = { code: typeof code === 'number' ? code : null, signal: typeof signal === 'string' ? signal : null }
@@ -267,7 +271,7 @@ export function sshTerminal (options: SshTerminalOptions): ForwardHandler {
       channel.on('close', () => {
         if (session.ended) return
         if (exit === null) {
-          upstreamLost(session)
+          upstreamLost(session, pool, channel)
           return
         }
         session.connection.send({ type: 'exit', code: exit.code, signal: exit.signal })
@@ -275,7 +279,7 @@ export function sshTerminal (options: SshTerminalOptions): ForwardHandler {
       })
       // A pty merges stderr into stdout; anything on stderr still reaches the terminal.
       channel.stderr.on('data', (chunk: Buffer) => { if (!session.ended) session.connection.send(chunk) })
-      channel.on('error', () => upstreamLost(session))
+      channel.on('error', () => upstreamLost(session, pool, channel))
       session.onText = (text) => {
         const size = resizeOf(text)
         if (size === null) {
@@ -350,10 +354,10 @@ export function sshTunnel (options: SshTunnelOptions): ForwardHandler {
         session.close(code, reason)
         return
       }
-      const channel = await pool.forwardOut(target, { host: to.host, port: to.port })
-      channel.on('end', () => session.close(CloseCode.NORMAL, 'Upstream closed'))
-      channel.on('close', () => { if (!session.ended) upstreamLost(session) })
-      channel.on('error', () => upstreamLost(session))
+      const channel = await pool.forwardOut(target, { host: to.host, port: to.port }, { signal: session.signal })
+      channel.on('end', () => { if (pool.channelError(channel) === undefined) session.close(CloseCode.NORMAL, 'Upstream closed') })
+      channel.on('close', () => { if (!session.ended) upstreamLost(session, pool, channel) })
+      channel.on('error', () => upstreamLost(session, pool, channel))
       session.attach(channel, channelTeardown(channel))
     }).catch((err: unknown) => request.log.error({ err }, 'tunnel session failed'))
   }

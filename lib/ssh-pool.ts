@@ -5,6 +5,7 @@
 
 import { randomBytes } from 'node:crypto'
 import { connect as tcpConnect, type Socket } from 'node:net'
+import { errors } from './errors'
 import { Client, type ClientCallback, type ClientChannel, type ConnectConfig, type HostVerifier } from 'ssh2'
 import {
   checkDestination, checkExec, checkPty, resolveSshPoolOptions, resolveTarget, sshError,
@@ -40,6 +41,14 @@ export interface SshPoolStats {
 
 type Opener = (client: Client, cb: ClientCallback) => void
 
+// A channel nobody will use: closed, and read to its end so that ssh2 frees it.
+function discard (channel: ClientChannel): void {
+  channel.on('error', () => {})
+  channel.close()
+  channel.resume()
+  channel.stderr?.resume()
+}
+
 /** What went wrong, made into a new error for each caller it fails. */
 interface Failure {
   kind: SshErrorKind
@@ -54,6 +63,17 @@ interface Request {
   readonly reject: (err: Error) => void
   attempts: number
   timer: NodeJS.Timeout | null
+  /** The caller gave up (its signal aborted): a channel that still arrives is closed. */
+  aborted: boolean
+}
+
+/** How a caller may give up a session it asked for. */
+export interface SshRequestControl {
+  /**
+   * Aborting takes a waiting request out of the queue at once, or closes the channel that
+   * arrives for one under way; the promise rejects with the signal's reason.
+   */
+  signal?: AbortSignal
 }
 
 class Target {
@@ -123,24 +143,24 @@ export class SshConnectionPool {
    * A login shell on a pty (80×24 'xterm-256color' unless given). Rejects with
    * FST_WSM_ARGUMENT_INVALID on a bad argument, else with an {@link SshPoolError}.
    */
-  shell (target: SshTarget, pty?: SshPtyOptions): Promise<ClientChannel> {
-    return this.#request(target, true, () => {
+  shell (target: SshTarget, pty?: SshPtyOptions, control: SshRequestControl = {}): Promise<ClientChannel> {
+    return this.#request(target, true, control, () => {
       const window = checkPty('pty', pty)
       return (client, cb) => client.shell(window, cb)
     })
   }
 
   /** A command, without a pty unless asked; its exit code comes with the channel's 'exit' and 'close' events. */
-  exec (target: SshTarget, command: string, options: SshExecOptions = {}): Promise<ClientChannel> {
-    return this.#request(target, true, () => {
+  exec (target: SshTarget, command: string, options: SshExecOptions = {}, control: SshRequestControl = {}): Promise<ClientChannel> {
+    return this.#request(target, true, control, () => {
       const checked = checkExec(command, options)
       return (client, cb) => client.exec(checked.command, checked.pty === undefined ? {} : { pty: checked.pty }, cb)
     })
   }
 
   /** A TCP connection the SSH server makes to `destination` (a direct-tcpip channel; OpenSSH does not count it in MaxSessions). */
-  forwardOut (target: SshTarget, destination: SshForwardDestination): Promise<ClientChannel> {
-    return this.#request(target, false, () => {
+  forwardOut (target: SshTarget, destination: SshForwardDestination, control: SshRequestControl = {}): Promise<ClientChannel> {
+    return this.#request(target, false, control, () => {
       const { host, port } = checkDestination(destination)
       return (client, cb) => client.forwardOut('127.0.0.1', 0, host, port, cb)
     })
@@ -204,15 +224,18 @@ export class SshConnectionPool {
     return this.#closing
   }
 
-  #request (input: unknown, session: boolean, prepare: () => Opener): Promise<ClientChannel> {
+  #request (input: unknown, session: boolean, control: SshRequestControl, prepare: () => Opener): Promise<ClientChannel> {
     let info: ResolvedSshTarget
     let open: Opener
+    const signal = control.signal
     try {
       info = resolveTarget(input, this.#secret)
       open = prepare()
+      if (signal !== undefined && !(signal instanceof AbortSignal)) throw new errors.FST_WSM_ARGUMENT_INVALID('signal', 'expected an AbortSignal')
     } catch (err) {
       return Promise.reject(err)
     }
+    if (signal?.aborted === true) return Promise.reject(signal.reason)
     if (this.#shut) {
       this.#failures.closed++
       return Promise.reject(sshError('closed', info.label, 'the pool was closed'))
@@ -223,8 +246,49 @@ export class SshConnectionPool {
         target = new Target(info)
         this.#targets.set(info.key, target)
       }
-      this.#dispatch(target, { open, session, resolve, reject, attempts: 0, timer: null }, false)
+      let settle = (): void => {}
+      const request: Request = {
+        open,
+        session,
+        resolve: (channel: ClientChannel) => { settle(); resolve(channel) },
+        reject: (err: Error) => { settle(); reject(err) },
+        attempts: 0,
+        timer: null,
+        aborted: false
+      }
+      if (signal !== undefined) {
+        const onAbort = (): void => this.#abort(target as Target, request, signal.reason as Error)
+        signal.addEventListener('abort', onAbort, { once: true })
+        settle = () => signal.removeEventListener('abort', onAbort)
+      }
+      this.#dispatch(target, request, false)
     })
+  }
+
+  // The caller gave up: out of the queue, or out of a connecting connection's list; a request
+  // already sent to the server is marked, and its channel closed when it arrives.
+  #abort (target: Target, request: Request, reason: Error): void {
+    if (request.aborted) return
+    request.aborted = true
+    const queued = target.queue.indexOf(request)
+    if (queued !== -1) {
+      target.queue.splice(queued, 1)
+      if (request.timer !== null) clearTimeout(request.timer)
+      request.timer = null
+      request.reject(reason)
+      this.#forget(target)
+      return
+    }
+    for (const conn of target.connections) {
+      const at = conn.pending.indexOf(request)
+      if (at === -1) continue
+      conn.pending.splice(at, 1)
+      conn.channels--
+      request.reject(reason)
+      this.#released(conn)
+      return
+    }
+    request.reject(reason)
   }
 
   /** A connection with room, a new one while under the cap, or null. */
@@ -280,13 +344,38 @@ export class SshConnectionPool {
 
   #openOn (conn: Connection, request: Request): void {
     let settled = false
-    const done: ClientCallback = (err, channel) => {
+    // A server that accepts the channel and never answers its pty, shell or exec request (or
+    // never answers the open) holds a slot forever without this deadline.
+    const deadline = setTimeout(() => {
       if (settled) return
       settled = true
-      if (err === undefined) return this.#track(conn, request, channel)
+      conn.channels--
+      this.#reject(request, conn.target.info.label, { kind: 'unreachable', detail: `no answer to the channel request within readyTimeout (${this.#options.readyTimeout} ms)` })
+      this.#released(conn)
+    }, this.#options.readyTimeout)
+    deadline.unref()
+    const done: ClientCallback = (err, channel) => {
+      if (settled) {
+        // Too late (deadline) or not wanted: close it and read it to its end so ssh2 lets go.
+        if (err === undefined && channel !== undefined) discard(channel)
+        return
+      }
+      settled = true
+      clearTimeout(deadline)
+      if (err === undefined) {
+        if (request.aborted) {
+          conn.channels--
+          discard(channel)
+          this.#released(conn)
+          return
+        }
+        return this.#track(conn, request, channel)
+      }
       conn.channels--
       const label = conn.target.info.label
-      if (this.#shut) {
+      if (request.aborted) {
+        // The caller is gone: no retry, nobody to tell.
+      } else if (this.#shut) {
         this.#reject(request, label, { kind: 'closed', detail: 'the pool was closed' })
       } else if (conn.state !== 'ready') {
         this.#reject(request, label, conn.failure ?? { kind: 'unreachable', detail: 'the connection was lost' })
@@ -483,6 +572,7 @@ export class SshConnectionPool {
   }
 
   #reject (request: Request, label: string, failure: Failure): void {
+    if (request.aborted) return
     this.#failures[failure.kind]++
     request.reject(sshError(failure.kind, label, failure.detail))
   }

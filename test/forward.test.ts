@@ -8,6 +8,7 @@ import { createServer, type Server, type Socket } from 'node:net'
 import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
 import jwt from '@fastify/jwt'
 import WebSocket from 'ws'
+import { Server as SshServer, utils } from 'ssh2'
 import wsManager, { SshConnectionPool, sshTerminal, sshTunnel, tcpTunnel, type SshPoolOptions, type WsManagerOptions } from '../lib/index'
 import { assertOptionInvalid, logCapture, waitFor } from './helper'
 import { startRefusingServer, startSshd, type Sshd } from './fixtures/sshd'
@@ -391,4 +392,52 @@ test('handler options are validated with FST_WSM_OPTION_INVALID', async (t) => {
   assertOptionInvalid(() => tcpTunnel({ target: () => ({ host: 'a', port: 1 }), allowedTargets: ['a:1'], connectTimeout: 0 }), 'tcpTunnel.connectTimeout')
   assertOptionInvalid(() => sshTunnel({ ...base, to: () => ({ host: 'a', port: 1 }), allowedDestinations: [] }), 'sshTunnel.allowedDestinations')
   assertOptionInvalid(() => tcpTunnel(undefined as never), 'tcpTunnel')
+})
+
+test('after an attacker\'s review: a stalled channel request times out, abandoned sessions leave the pool\'s queue, a closed pool gives 1001, a malformed target is the application\'s error', async (t) => {
+  // An SSH server that logs in, accepts the session channel and never answers the pty request.
+  const keys = utils.generateKeyPairSync('ed25519')
+  const stalled = new SshServer({ hostKeys: [keys.private] }, (client) => {
+    client.on('error', () => {})
+    client.on('authentication', (ctx) => ctx.accept())
+    client.on('ready', () => client.on('session', (accept) => { accept() }))
+  })
+  await new Promise<void>((resolve) => stalled.listen(0, '127.0.0.1', resolve))
+  t.after(() => new Promise<void>((resolve) => stalled.close(() => resolve())))
+  const stalledPort = (stalled.address() as { port: number }).port
+  const stalledPool = pool(t, { hostVerifier: 'insecure-accept-any', readyTimeout: 400 })
+  const target = await sshd(t)
+  const tight = pool(t, { hostVerifier: { knownHosts: target.knownHosts }, maxSessionsPerConnection: 1, maxConnectionsPerTarget: 1, maxQueue: 10, queueTimeout: 10_000 })
+  const closing = pool(t, { hostVerifier: { knownHosts: target.knownHosts } })
+  const { url, token, app } = await server(t, (a) => {
+    a.get('/stalled', ROUTE, sshTerminal({ pool: stalledPool, target: () => ({ host: '127.0.0.1', port: stalledPort, username: 'x', password: 'y' }), allowedTargets: [`127.0.0.1:${stalledPort}`] }))
+    a.get('/tight', ROUTE, terminalRoute(tight, target, { maxSessionsPerUser: 0 }))
+    a.get('/closing', ROUTE, terminalRoute(closing, target))
+    a.get('/odd', ROUTE, sshTerminal({ pool: closing, target: () => ({ ...target.target, readyTimeout: 1 }) as never, allowedTargets: [`127.0.0.1:${target.port}`] }))
+  })
+  const hung = await open(t, url + '/stalled', token('nia'))
+  assert.deepEqual(await hung.closed, { code: 1011, reason: 'Upstream unavailable' })
+  await until(() => stalledPool.stats().sessions === 0, 2000, 'the stalled slot to come back')
+
+  // One slot, held; twelve sessions opened and dropped in turn leave nobody queued.
+  const holder = await open(t, url + '/tight', token('olga'))
+  holder.type('echo held\r')
+  await until(() => holder.text.includes('held'), 10_000, 'the held shell')
+  for (let i = 0; i < 12; i++) {
+    const dropped = await open(t, url + '/tight', token('mallory'))
+    await until(() => tight.stats().queued >= 1, 3000, 'the request to queue')
+    dropped.ws.terminate()
+    await until(() => tight.stats().queued === 0, 3000, 'the abandoned request to leave the queue')
+  }
+  assert.equal(app.wsManager.stats().forwarding.active.terminal, 1)
+
+  const live = await open(t, url + '/closing', token('pat'))
+  live.type('echo live\r')
+  await until(() => live.text.includes('live'), 10_000, 'the shell')
+  await closing.close()
+  assert.deepEqual(await live.closed, { code: 1001, reason: 'Server shutting down' })
+
+  const odd = await open(t, url + '/odd', token('pat'))
+  assert.deepEqual(await odd.closed, { code: 1011, reason: 'Internal error' })
+  assert.equal(app.wsManager.stats().forwarding.failed['terminal:targetFailed'], 1)
 })
