@@ -20,6 +20,7 @@ import WebSocket from 'ws'
 import { createClient, type Client } from '../lib/client/index'
 import type { DrainResult } from '../lib/drain'
 import { startNode, tokenFor, uniquePrefix, type ClusterNode } from '../test/fixtures/cluster'
+import { busiestWindow } from '../test/helper'
 import { startBalancer } from './balancer'
 import { headerHelp, machineBasics, writeBetweenMarkers } from './markdown'
 
@@ -82,18 +83,6 @@ async function until (predicate: () => boolean | Promise<boolean>, ms: number, w
     if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
     await sleep(20)
   }
-}
-
-/** The most events in any window of `windowMs`. */
-export function busiestWindow (times: number[], windowMs: number): number {
-  const sorted = [...times].sort((a, b) => a - b)
-  let most = 0
-  let start = 0
-  for (let end = 0; end < sorted.length; end++) {
-    while ((sorted[end] as number) - (sorted[start] as number) >= windowMs) start++
-    most = Math.max(most, end - start + 1)
-  }
-  return most
 }
 
 /** One rolling restart; every process and client it starts is gone when it resolves or rejects. */

@@ -6,7 +6,7 @@ import jwt from '@fastify/jwt'
 import WebSocket from 'ws'
 import wsManager, { normalizeOptions, type WsManagerOptions } from '../lib/index'
 import { defaultBatches, planBatches } from '../lib/drain'
-import { assertOptionInvalid, build, closed, connect, listen, rawPeer, socketClosed, waitFor } from './helper'
+import { assertOptionInvalid, build, busiestWindow, closed, connect, listen, rawPeer, refusedUpgrade, socketClosed, waitFor } from './helper'
 import { freePort, JWT_SECRET, PrivateRedis, tokenFor, uniquePrefix, waitUntil } from './fixtures/cluster'
 
 async function server (t: TestContext, options: WsManagerOptions = {}): Promise<{ app: FastifyInstance, url: string, http: string }> {
@@ -14,32 +14,6 @@ async function server (t: TestContext, options: WsManagerOptions = {}): Promise<
   app.get('/ws', { websocket: true }, () => {})
   const url = await listen(app)
   return { app, url, http: url.replace('ws:', 'http:') }
-}
-
-function refusal (url: string): Promise<{ status: number, retryAfter: string | undefined }> {
-  return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url)
-    ws.on('unexpected-response', (_request, response) => {
-      resolve({ status: response.statusCode ?? 0, retryAfter: response.headers['retry-after'] as string | undefined })
-      ws.terminate()
-    })
-    ws.on('open', () => {
-      ws.terminate()
-      reject(new Error('upgraded'))
-    })
-    ws.on('error', () => {})
-  })
-}
-
-// The most closes in any window of `windowMs`, from sorted times.
-function busiestWindow (times: number[], windowMs: number): number {
-  let most = 0
-  let start = 0
-  for (let end = 0; end < times.length; end++) {
-    while ((times[end] as number) - (times[start] as number) >= windowMs) start++
-    most = Math.max(most, end - start + 1)
-  }
-  return most
 }
 
 test('the batch plan: one fire time in each slot, random within it, never two plans alike', () => {
@@ -90,7 +64,7 @@ test('drain(): not ready at once, upgrades get 503 with Retry-After, 1012 closes
   assert.equal(ready.status, 503)
   assert.deepEqual(await ready.json(), { status: 'draining' })
   assert.equal((await fetch(`${http}/health`)).status, 200)
-  assert.deepEqual(await refusal(url + '/ws'), { status: 503, retryAfter: '1' })
+  assert.deepEqual(await refusedUpgrade(url + '/ws'), { status: 503, retryAfter: '1' })
   const results = await Promise.all(closes)
   const result = await drained
   for (const r of results) assert.deepEqual({ code: r.code, reason: r.reason }, { code: 1012, reason: 'Service restart' })
@@ -119,7 +93,7 @@ test('an upgrade held in the application\'s own hook when the drain begins gets 
     }
   }, () => {})
   const url = await listen(app)
-  const answer = refusal(url + '/ws')
+  const answer = refusedUpgrade(url + '/ws')
   await inHook
   const result = await app.wsManager.drain({ duration: 1000 })
   assert.equal(result.connections, 0)

@@ -261,3 +261,31 @@ export async function runScript (t: TestContext, script: string, args: string[])
   const code = await new Promise<number | null>((resolve) => child.once('exit', resolve))
   return { code, output }
 }
+
+/** An upgrade the server answers with an HTTP status instead of 101: the status and Retry-After. */
+export function refusedUpgrade (url: string, headers: Record<string, string> = {}): Promise<{ status: number, retryAfter: string | undefined }> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url, { headers })
+    ws.on('unexpected-response', (_request, response) => {
+      resolve({ status: response.statusCode ?? 0, retryAfter: response.headers['retry-after'] as string | undefined })
+      ws.terminate()
+    })
+    ws.on('open', () => {
+      ws.terminate()
+      reject(new Error('the upgrade was accepted'))
+    })
+    ws.on('error', () => {})
+  })
+}
+
+/** The most events in any window of `windowMs` (a pace check of drains and reconnects). */
+export function busiestWindow (times: number[], windowMs: number): number {
+  const sorted = [...times].sort((a, b) => a - b)
+  let most = 0
+  let start = 0
+  for (let end = 0; end < sorted.length; end++) {
+    while ((sorted[end] as number) - (sorted[start] as number) >= windowMs) start++
+    most = Math.max(most, end - start + 1)
+  }
+  return most
+}

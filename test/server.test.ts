@@ -4,8 +4,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { readdirSync } from 'node:fs'
 import { connect as netConnect, type Socket } from 'node:net'
 import { join } from 'node:path'
-import WebSocket from 'ws'
-import { closed, connectQueued, socketClosed, waitFor } from './helper'
+import { closed, connectQueued, refusedUpgrade, socketClosed, waitFor } from './helper'
 
 const root = join(__dirname, '..')
 
@@ -38,22 +37,6 @@ async function poll (predicate: () => Promise<boolean>, ms: number, what: string
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
     await new Promise((resolve) => setTimeout(resolve, 20))
   }
-}
-
-// An upgrade the server answers with an HTTP status instead of 101.
-function refusedUpgrade (url: string, headers: Record<string, string>): Promise<{ status: number, retryAfter: string | undefined }> {
-  return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, { headers })
-    ws.on('unexpected-response', (_request, response) => {
-      resolve({ status: response.statusCode ?? 0, retryAfter: response.headers['retry-after'] as string | undefined })
-      ws.terminate()
-    })
-    ws.on('open', () => {
-      ws.terminate()
-      reject(new Error('the upgrade was accepted'))
-    })
-    ws.on('error', () => {})
-  })
 }
 
 function openFds (pid: number): number {
