@@ -397,13 +397,19 @@ test('handler options are validated with FST_WSM_OPTION_INVALID', async (t) => {
 test('after an attacker\'s review: a stalled channel request times out, abandoned sessions leave the pool\'s queue, a closed pool gives 1001, a malformed target is the application\'s error', async (t) => {
   // An SSH server that logs in, accepts the session channel and never answers the pty request.
   const keys = utils.generateKeyPairSync('ed25519')
+  const clients = new Set<{ end: () => void }>()
   const stalled = new SshServer({ hostKeys: [keys.private] }, (client) => {
+    clients.add(client)
     client.on('error', () => {})
     client.on('authentication', (ctx) => ctx.accept())
     client.on('ready', () => client.on('session', (accept) => { accept() }))
   })
   await new Promise<void>((resolve) => stalled.listen(0, '127.0.0.1', resolve))
-  t.after(() => new Promise<void>((resolve) => stalled.close(() => resolve())))
+  // close() waits for every connection: end them, or the pool's keepalives hold one open.
+  t.after(() => new Promise<void>((resolve) => {
+    for (const client of clients) client.end()
+    stalled.close(() => resolve())
+  }))
   const stalledPort = (stalled.address() as { port: number }).port
   const stalledPool = pool(t, { hostVerifier: 'insecure-accept-any', readyTimeout: 400 })
   const target = await sshd(t)
