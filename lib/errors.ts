@@ -89,7 +89,9 @@ export const errors = {
   /** SshConnectionPool: the server refused a channel or a request on it. */
   FST_WSM_SSH_REFUSED: createError<[string, string]>('FST_WSM_SSH_REFUSED', 'SSH server %s refused: %s', 502),
   /** SshConnectionPool: the pool was closed. */
-  FST_WSM_SSH_CLOSED: createError<[string, string]>('FST_WSM_SSH_CLOSED', 'SSH connection pool closed, no session to %s: %s', 503)
+  FST_WSM_SSH_CLOSED: createError<[string, string]>('FST_WSM_SSH_CLOSED', 'SSH connection pool closed, no session to %s: %s', 503),
+  /** The load tester (fastify-ws-manager-loadtest, lib/loadtest) got an option it cannot run with. */
+  FST_WSM_LOADTEST_OPTION_INVALID: createError<[string, string]>('FST_WSM_LOADTEST_OPTION_INVALID', 'Invalid load test option "%s": %s', 500, TypeError)
 } as const
 
 /** The codes of every error in {@link errors}. */
