@@ -309,9 +309,15 @@ test('a client that stops reading while the upstream sends 100 MiB: the server h
   // The client's TCP socket stops reading.
   const raw = (peer.ws as unknown as { _socket: Socket })._socket
   raw.pause()
+  const before = process.memoryUsage()
   await until(() => source.written() > 0, 3000, 'the source to start')
   await new Promise((resolve) => setTimeout(resolve, 1500))
   const stalled = source.written()
+  const after = process.memoryUsage()
+  // Buffers held in this process (the server and, here, the source): the high-water mark and
+  // stream buffers, nowhere near the 100 MiB on offer.
+  const grown = (after.arrayBuffers + after.external) - (before.arrayBuffers + before.external)
+  assert.ok(grown < 16 * 1024 * 1024, `buffers grew by ${grown} bytes`)
   const connection = [...app.wsManager.connections][0]
   assert.ok(connection !== undefined && connection.state === 'open', 'not closed as a slow consumer: paused instead')
   assert.ok(connection.bufferedAmount <= highWaterMark, `buffered ${connection.bufferedAmount}`)
