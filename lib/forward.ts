@@ -81,6 +81,9 @@ const REFUSALS = {
 
 type Refusal = keyof typeof REFUSALS
 
+// How long a shell that reported its exit and sent its last byte may take to close its channel.
+const EXIT_GRACE_MS = 1000
+
 // A pool error, as a refusal; a target the pool refused as malformed is the application's bug.
 function refusalOf (err: unknown): Refusal {
   if (isSshPoolError(err)) return err.kind
@@ -264,18 +267,38 @@ export function sshTerminal (options: SshTerminalOptions): ForwardHandler {
     start(socket, request, sessions, 'terminal', options.target, allowed, 22, async (target, session) => {
       const channel = await pool.shell(target, { cols: 80, rows: 24, term }, { signal: session.signal })
       let exit: { code: number | null, signal: string | null } | null = null
+      let ended = false
+      let grace: NodeJS.Timeout | null = null
+      const finish = (): void => {
+        if (grace !== null) clearTimeout(grace)
+        if (session.ended || exit === null) return
+        session.connection.send({ type: 'exit', code: exit.code, signal: exit.signal })
+        session.close(CloseCode.NORMAL, exit.code !== null ? `exit ${exit.code}` : `signal ${String(exit.signal)}`)
+      }
+      // Exit status and every byte read: a server that then never closes the channel does
+      // not keep the session open until the idle timeout.
+      const settleSoon = (): void => {
+        if (exit === null || !ended || grace !== null) return
+        grace = setTimeout(finish, EXIT_GRACE_MS)
+        grace.unref()
+      }
       channel.on('exit', (code: number | null, signal?: string) => {
         exit = { code: typeof code === 'number' ? code : null, signal: typeof signal === 'string' ? signal : null }
         session.exited(exit.code, exit.signal)
+        settleSoon()
+      })
+      channel.on('end', () => {
+        ended = true
+        settleSoon()
       })
       channel.on('close', () => {
         if (session.ended) return
         if (exit === null) {
+          if (grace !== null) clearTimeout(grace)
           upstreamLost(session, pool, channel)
           return
         }
-        session.connection.send({ type: 'exit', code: exit.code, signal: exit.signal })
-        session.close(CloseCode.NORMAL, exit.code !== null ? `exit ${exit.code}` : `signal ${String(exit.signal)}`)
+        finish()
       })
       // A pty merges stderr into stdout; anything on stderr still reaches the terminal.
       channel.stderr.on('data', (chunk: Buffer) => { if (!session.ended) session.connection.send(chunk) })

@@ -10,7 +10,7 @@ import jwt from '@fastify/jwt'
 import WebSocket from 'ws'
 import { Server as SshServer, utils } from 'ssh2'
 import wsManager, { SshConnectionPool, sshTerminal, sshTunnel, tcpTunnel, type SshPoolOptions, type WsManagerOptions } from '../lib/index'
-import { assertOptionInvalid, logCapture, waitFor } from './helper'
+import { assertOptionInvalid, logCapture, waitFor, within } from './helper'
 import { startRefusingServer, startSshd, type Sshd } from './fixtures/sshd'
 
 const SECRET = 'forward-test-secret-0123456789-abcdefghijkl'
@@ -452,4 +452,36 @@ test('after an attacker\'s review: a stalled channel request times out, abandone
   const odd = await open(t, url + '/odd', token('pat'))
   assert.deepEqual(await odd.closed, { code: 1011, reason: 'Internal error' })
   assert.equal(app.wsManager.stats().forwarding.failed['terminal:targetFailed'], 1)
+})
+
+test('a shell that reports its exit and ends its output but never closes the channel still ends the session', async (t) => {
+  const keys = utils.generateKeyPairSync('ed25519')
+  const clients = new Set<{ end: () => void }>()
+  const lingering = new SshServer({ hostKeys: [keys.private] }, (client) => {
+    clients.add(client)
+    client.on('error', () => {})
+    client.on('authentication', (ctx) => ctx.accept())
+    client.on('ready', () => client.on('session', (accept) => {
+      const session = accept()
+      session.on('pty', (ok) => ok?.())
+      session.on('shell', (ok) => {
+        const stream = ok()
+        stream.write('bye\r\n')
+        stream.exit(4)
+        stream.eof()
+      })
+    }))
+  })
+  await new Promise<void>((resolve) => lingering.listen(0, '127.0.0.1', resolve))
+  t.after(() => new Promise<void>((resolve) => {
+    for (const client of clients) client.end()
+    lingering.close(() => resolve())
+  }))
+  const port = (lingering.address() as { port: number }).port
+  const p = pool(t, { hostVerifier: 'insecure-accept-any' })
+  const { url, token } = await server(t, (a) => a.get('/term', ROUTE, sshTerminal({ pool: p, target: () => ({ host: '127.0.0.1', port, username: 'x', password: 'y' }), allowedTargets: [`127.0.0.1:${port}`] })))
+  const peer = await open(t, url + '/term', token('quinn'))
+  assert.deepEqual(await within(peer.closed, 4000, 'close after the exit'), { code: 1000, reason: 'exit 4' })
+  assert.match(peer.text, /bye/)
+  assert.deepEqual(peer.texts.at(-1), { type: 'exit', code: 4, signal: null })
 })
