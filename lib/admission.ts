@@ -1,13 +1,13 @@
 // Admission of upgrades: the route hooks that answer with a real HTTP status and a JSON body
 // before anything is upgraded (shutdown, origin, token, upgrade rate, connection caps).
 import type { FastifyReply, FastifyRequest, HookHandlerDoneFunction, onRequestAsyncHookHandler } from 'fastify'
+import { connectionId } from './ids'
 import type { Authenticator, AuthResult } from './auth'
 import { negotiateDeflateOffer } from './compression-profiles'
 import { ipKey } from './ip'
 import type { WsManager } from './manager'
 import type { Connection, HookRunner } from './connection'
 import { refusalBody, UpgradeRefusal } from './refusal'
-import { randomUUID } from 'node:crypto'
 import { kAuth, kReservation } from './symbols'
 
 /** The admission settings of one route. */
@@ -135,7 +135,7 @@ export function createClusterAdmitHook (manager: WsManager, settings: AdmissionS
     const cluster = manager.clusterNode
     const auth = authOf(request)
     if (!request.ws || cluster === null || auth === undefined) return
-    const id = randomUUID()
+    const id = connectionId()
     const admission = await cluster.admit(auth.userId, id, route, settings.maxConnectionsPerUser, settings.onUserLimit)
     if (admission.outcome === 'unavailable') {
       if (settings.maxConnectionsPerUser > 0) cluster.noteFallback('maxConnectionsPerUser')

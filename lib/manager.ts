@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto'
+import { connectionId } from './ids'
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { AuthResult } from './auth'
 import type WebSocket from 'ws'
@@ -548,7 +548,7 @@ export class WsManager implements ConnectionHost {
   /** @internal Turns an upgraded socket into a managed connection, registered and logged. */
   accept (socket: ManagedWebSocket, request: FastifyRequest, route: string, settings: RouteSettings, reservedId?: string): Connection {
     // In cluster mode an authenticated upgrade was admitted in Redis under this id already.
-    const id = reservedId ?? randomUUID()
+    const id = reservedId ?? connectionId()
     // The application's data first: a throw here leaves nothing taken (no bucket, no entry).
     const data = this.options.connectionData === null ? undefined : this.options.connectionData(request)
     if (data !== undefined && (typeof data !== 'object' || data === null || typeof (data as PromiseLike<unknown>).then === 'function')) {
