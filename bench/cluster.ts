@@ -33,7 +33,7 @@ import { dirname, join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { decodeFromCompressedBase64 } from 'hdr-histogram-js'
 import { BUILD_DIR, buildChildren } from './build'
-import { Peer, sleep } from './ipc'
+import { Peer, sleep, started } from './ipc'
 import { remote, type Remote } from './scenarios'
 import { BenchRedis, type CommandCount } from './cluster-redis'
 import { CLUSTER_SYSTEMS, clockOffsetMs, type ClusterParams, type ClusterSystem, type CountedCall, type NodeReady, type NodeSpec, type PublishKind, type PublishResult } from './cluster-common'
@@ -170,18 +170,7 @@ async function startNode (spec: NodeSpec): Promise<RunningNode> {
   const child = fork(join(BUILD_DIR, 'bench', 'cluster-server.js'), [JSON.stringify(spec)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
   const peer = new Peer(`${spec.system} node ${spec.nodeId}`, child)
   live.add(peer)
-  const ready = await new Promise<NodeReady>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${peer.name} did not start within 30 s`)), 30_000)
-    child.on('message', (msg: { ready?: NodeReady }) => {
-      if (msg.ready === undefined) return
-      clearTimeout(timer)
-      resolve(msg.ready)
-    })
-    child.once('exit', (code) => {
-      clearTimeout(timer)
-      reject(new Error(`${peer.name} exited with code ${String(code)} before it was ready`))
-    })
-  })
+  const ready = await started<NodeReady>(peer)
   return { peer, api: remote<NodeApi>(peer), ready }
 }
 

@@ -26,7 +26,7 @@ import { downloadTcp, downloadWs, openSshW, openTcp, openWs, uploadTcp, uploadWs
 import { markdownSection, PATHS, PROCS, percentile, textReport, type Direction, type ForwardParams, type ForwardPath, type ForwardResults, type OpenSeries, type Proc, type TransferRun } from './forward-report'
 import type { ServerSpec, ServerStats } from './forward-server'
 import type { SourcePorts, SourceSpec } from './forward-source'
-import { Peer } from './ipc'
+import { Peer, started } from './ipc'
 import { headerHelp, machineBasics, packageVersion, writeBetweenMarkers } from './markdown'
 
 const MIB = 1024 * 1024
@@ -88,18 +88,7 @@ function log (line: string): void {
 async function startChild<T> (name: string, file: string, spec: unknown): Promise<{ peer: Peer, ready: T }> {
   const child = fork(join(BUILD_DIR, 'bench', file), [JSON.stringify(spec)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
   const peer = new Peer(name, child)
-  const ready = await new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${name} did not start within 30 s`)), 30_000)
-    child.on('message', (msg: { ready?: T }) => {
-      if (msg.ready === undefined) return
-      clearTimeout(timer)
-      resolve(msg.ready)
-    })
-    child.once('exit', (code) => {
-      clearTimeout(timer)
-      reject(new Error(`${name} exited with code ${String(code)} before it was ready`))
-    })
-  })
+  const ready = await started<T>(peer)
   return { peer, ready }
 }
 

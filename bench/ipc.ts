@@ -111,3 +111,20 @@ export function serve (handlers: Handlers, maxLifetimeMs: number): void {
 export function sleep (ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms))
 }
+
+/** Resolves with the `{ ready }` a child sends once it is up; rejects when it exits first or takes longer than `timeoutMs`. */
+export function started<T> (peer: Peer, timeoutMs = 30_000): Promise<T> {
+  const child = peer.child
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${peer.name} did not start within ${timeoutMs} ms`)), timeoutMs)
+    child.on('message', (msg: { ready?: T }) => {
+      if (msg.ready === undefined) return
+      clearTimeout(timer)
+      resolve(msg.ready)
+    })
+    child.once('exit', (code) => {
+      clearTimeout(timer)
+      reject(new Error(`${peer.name} exited with code ${String(code)} before it was ready`))
+    })
+  })
+}

@@ -20,7 +20,7 @@ import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { BUILD_DIR, buildChildren } from './build'
-import { Peer } from './ipc'
+import { Peer, started } from './ipc'
 import { summarizeProfile } from './profile'
 import { buildTable, markdownTable, textTable, type Collected, type TableRow } from './report'
 import { FULL, QUICK, remote, SCENARIOS, type Context, type Scenario, type ServerHandle } from './scenarios'
@@ -67,18 +67,7 @@ async function startServer (spec: ServerSpec): Promise<ServerHandle> {
   const peer = new Peer(`server ${spec.system}`, child)
   live.add(peer)
   try {
-    const ready = await new Promise<ServerReady>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`server ${spec.system} did not start within 30 s`)), 30_000)
-      child.on('message', (msg: { ready?: ServerReady }) => {
-        if (msg.ready === undefined) return
-        clearTimeout(timer)
-        resolve(msg.ready)
-      })
-      child.once('exit', (code) => {
-        clearTimeout(timer)
-        reject(new Error(`server ${spec.system} exited with code ${String(code)} before it was ready`))
-      })
-    })
+    const ready = await started<ServerReady>(peer)
     return {
       server: remote<ServerApi>(peer),
       ready,

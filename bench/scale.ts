@@ -40,7 +40,7 @@ import { dirname, join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { decodeFromCompressedBase64 } from 'hdr-histogram-js'
 import { BUILD_DIR, buildChildren } from './build'
-import { Peer, sleep } from './ipc'
+import { Peer, sleep, started } from './ipc'
 import { headerHelp, machineBasics, packageVersion, writeBetweenMarkers } from './markdown'
 import { summarizeProfile } from './profile'
 import { heapDiff } from './scale-heap'
@@ -107,22 +107,6 @@ function spawnChild (file: string, argv: string[], execArgv: string[], nofile: n
   const stdio: ['ignore', 'inherit', 'inherit', 'ipc'] = ['ignore', 'inherit', 'inherit', 'ipc']
   if (nofile <= fileLimits().hard) return spawn(command[0], command.slice(1), { stdio })
   return spawn('sh', ['-c', `ulimit -n ${nofile} && exec "$@"`, 'sh', ...command], { stdio })
-}
-
-async function started<T> (peer: Peer, timeoutMs: number): Promise<T> {
-  const child = peer.child
-  return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${peer.name} did not start within ${timeoutMs} ms`)), timeoutMs)
-    child.on('message', (msg: { ready?: T }) => {
-      if (msg.ready === undefined) return
-      clearTimeout(timer)
-      resolve(msg.ready)
-    })
-    child.once('exit', (code) => {
-      clearTimeout(timer)
-      reject(new Error(`${peer.name} exited with code ${String(code)} before it was ready`))
-    })
-  })
 }
 
 interface Server {
