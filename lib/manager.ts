@@ -178,8 +178,11 @@ export class WsManager implements ConnectionHost {
   readonly topicLog: LocalTopicLog | null
   #topicSweep: NodeJS.Timeout | null = null
   // Subscriptions being recovered in cluster mode: live messages wait here, with their
-  // offsets, until the replay from Redis has gone out.
-  readonly #recovering = new Map<Connection, Map<string, Array<{ offset: number, frame: Buffer }>>>()
+  // offsets, until the replay from Redis has gone out. After it, `through` is the last offset
+  // the replay sent: the replay's answer comes on the command connection and the live
+  // messages on the subscriber connection, so one the replay held can still arrive live; it is
+  // dropped, and the entry goes with the first live message past `through`.
+  readonly #recovering = new Map<Connection, Map<string, Recovering>>()
   /** Per-route totals, kept at connection events. */
   readonly traffic = new TrafficTotals()
   /** Prometheus metrics when the `metrics` option is on, else null. */
@@ -609,17 +612,20 @@ export class WsManager implements ConnectionHost {
       topics = new Map()
       this.#recovering.set(connection, topics)
     }
-    topics.set(topic, [])
+    topics.set(topic, { waiting: [], through: 0 })
   }
 
-  /** @internal Sends what waited, past `lastSent`, in order; live delivery resumes. */
+  /** @internal Sends what waited, past `lastSent`, in order; live delivery resumes past it. */
   endRecovery (connection: Connection, topic: string, lastSent: number): void {
     const topics = this.#recovering.get(connection)
-    const waiting = topics?.get(topic)
-    if (topics === undefined || waiting === undefined) return
-    topics.delete(topic)
-    if (topics.size === 0) this.#recovering.delete(connection)
-    if (connection.state !== 'open') return
+    const entry = topics?.get(topic)
+    if (topics === undefined || entry === undefined || entry.waiting === null) return
+    const waiting = entry.waiting
+    entry.waiting = null
+    if (connection.state !== 'open') {
+      this.#forgetRecovery(connection, topics, topic)
+      return
+    }
     waiting.sort((a, b) => a.offset - b.offset)
     let last = lastSent
     for (const { offset, frame } of waiting) {
@@ -627,6 +633,20 @@ export class WsManager implements ConnectionHost {
       last = offset
       connection.deliver(frame, TEXT_FRAME, false)
     }
+    // Something past the replay already came live: later ones come after it, in order.
+    if (last > lastSent || lastSent === 0) {
+      this.#forgetRecovery(connection, topics, topic)
+      return
+    }
+    entry.through = lastSent
+    // Held ones were published before the replay was read, so they are due within a round trip;
+    // a quiet topic must not keep every delivery to it on the slow path.
+    setTimeout(() => { if (topics.get(topic) === entry) this.#forgetRecovery(connection, topics, topic) }, RECOVERY_OVERLAP).unref()
+  }
+
+  #forgetRecovery (connection: Connection, topics: Map<string, Recovering>, topic: string): void {
+    topics.delete(topic)
+    if (topics.size === 0 && this.#recovering.get(connection) === topics) this.#recovering.delete(connection)
   }
 
   /** @internal A refreshed token of the connection's user (auth.refresh). */
@@ -785,9 +805,14 @@ export class WsManager implements ConnectionHost {
       if (offset !== undefined && this.#recovering.size > 0) {
         const live: Connection[] = []
         for (const connection of subscribers) {
-          const waiting = this.#recovering.get(connection)?.get(topic)
-          if (waiting === undefined) live.push(connection)
-          else waiting.push({ offset, frame: payload })
+          const topics = this.#recovering.get(connection)
+          const entry = topics?.get(topic)
+          if (topics === undefined || entry === undefined) live.push(connection)
+          else if (entry.waiting !== null) entry.waiting.push({ offset, frame: payload })
+          else if (offset > entry.through) {
+            this.#forgetRecovery(connection, topics, topic)
+            live.push(connection)
+          }
         }
         this.#deliverRemote('ws.deliver', traceparent, { 'messaging.destination.name': topic }, live, payload, binary)
         return
@@ -813,6 +838,15 @@ export class WsManager implements ConnectionHost {
     connectionCount: () => this.#open
   }
 }
+
+/** A subscription in recovery: live messages wait (`waiting`), or, replay sent, those up to `through` are dropped. */
+interface Recovering {
+  waiting: Array<{ offset: number, frame: Buffer }> | null
+  through: number
+}
+
+/** How long after a replay a live duplicate of its last messages is still looked for. */
+const RECOVERY_OVERLAP = 5000
 
 const TEXT_FRAME = Object.freeze({ binary: false })
 const BINARY = Object.freeze({ binary: true })

@@ -5,7 +5,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import WebSocket from 'ws'
 import { createClient } from '../lib/client'
-import { failoverProxy, openClient, sleep, startCluster, tokenFor, waitUntil, type Client } from './fixtures/cluster'
+import { failoverProxy, openClient, sleep, slowSubscriberProxy, startCluster, startNode, tokenFor, uniquePrefix, waitUntil, type Client } from './fixtures/cluster'
 
 interface Frame { type: string, topic?: string, epoch?: string | null, offset?: number | null, data?: unknown, recovered?: boolean }
 
@@ -72,6 +72,39 @@ test('publications racing a resubscription on another node are neither lost nor 
   const missing = Array.from({ length: published }, (_, k) => k + 1).filter((o) => !offsets.includes(o))
   assert.deepEqual(missing, [], 'no gap')
   assert.deepEqual(offsets, Array.from({ length: published }, (_, k) => k + 1), 'once each, in order')
+})
+
+test('a publication both in the replay and late on the subscriber connection reaches the client once', async (t) => {
+  // Node b hears publications 300 ms late: the replay, read on its command connection, holds
+  // messages that then also arrive live.
+  const prefix = uniquePrefix()
+  const env = { TOPICS_HISTORY: '5000' }
+  const a = await startNode(t, { prefix, nodeId: 'node-a', env })
+  const b = await startNode(t, { prefix, nodeId: 'node-b', env, redisUrl: `redis://127.0.0.1:${await slowSubscriberProxy(t, 6379, 300)}` })
+  const first = await openClient(t, a.url('/rec'), 'ned')
+  const sub = await subscribe(first, 'late')
+  first.ws.close()
+  let published = 0
+  let stop = false
+  const publishing = (async () => {
+    for (;;) {
+      if (stop || published >= 3000) break
+      await a.call('publish', 'late', ++published)
+      await sleep(2)
+    }
+  })()
+  await sleep(200)
+  const again = await openClient(t, b.url('/rec'), 'ned')
+  const answer = await subscribe(again, 'late', { offset: 0, epoch: sub.epoch as string })
+  assert.equal(answer.recovered, true)
+  const replayed = answer.offset as number
+  await sleep(600)
+  stop = true
+  await publishing
+  assert.ok(published > replayed, 'publications went on after the replay was read')
+  await waitUntil(() => frames(again, 'topic.message').length >= published, 15_000, `every message (${frames(again, 'topic.message').length} of ${published})`)
+  await sleep(500)
+  assert.deepEqual(frames(again, 'topic.message').map((f) => f.offset as number), Array.from({ length: published }, (_, k) => k + 1), 'once each, in order')
 })
 
 test('with too short a history the subscriber is told it was not recovered', async (t) => {
