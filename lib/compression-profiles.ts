@@ -85,10 +85,19 @@ export interface CompressionSettings {
    * @default 4096
    */
   chunkSize: number
+  /**
+   * Compress once for every recipient: a broadcast, sendToUser or publish is deflated once
+   * (per negotiated window size) and the same frame goes to each compressed connection, and
+   * each connection frees its zlib contexts after every message instead of keeping them for
+   * its life. Needs serverNoContextTakeover and clientNoContextTakeover. See the `shared`
+   * profile.
+   * @default false
+   */
+  shared: boolean
 }
 
 /** The named profiles. */
-export type CompressionProfileName = 'default' | 'high' | 'fast' | 'disabled'
+export type CompressionProfileName = 'default' | 'high' | 'fast' | 'shared' | 'disabled'
 
 /** The plugin's `compression` option: a profile name, true (default), false (disabled), or settings over the default profile. */
 export type CompressionOption = CompressionProfileName | boolean | Partial<CompressionSettings>
@@ -121,7 +130,8 @@ export const COMPRESSION_PROFILES: Readonly<Record<CompressionProfileName, Reado
     serverNoContextTakeover: false,
     clientNoContextTakeover: false,
     concurrencyLimit: 10,
-    chunkSize: 4096
+    chunkSize: 4096,
+    shared: false
   }),
   high: Object.freeze({
     enabled: true,
@@ -132,7 +142,8 @@ export const COMPRESSION_PROFILES: Readonly<Record<CompressionProfileName, Reado
     serverNoContextTakeover: false,
     clientNoContextTakeover: false,
     concurrencyLimit: 10,
-    chunkSize: 8192
+    chunkSize: 8192,
+    shared: false
   }),
   fast: Object.freeze({
     enabled: true,
@@ -143,7 +154,24 @@ export const COMPRESSION_PROFILES: Readonly<Record<CompressionProfileName, Reado
     serverNoContextTakeover: false,
     clientNoContextTakeover: false,
     concurrencyLimit: 10,
-    chunkSize: 4096
+    chunkSize: 4096,
+    shared: false
+  }),
+  // No context takeover either way, contexts freed after each message, and one deflate per
+  // broadcast for all its recipients: an idle connection holds no zlib memory at all, and a
+  // message costs one deflate whatever the number of recipients. The full window and memLevel
+  // cost nothing at rest: the contexts live only while a message is compressed.
+  shared: Object.freeze({
+    enabled: true,
+    level: 6,
+    threshold: 1024,
+    memLevel: 8,
+    serverMaxWindowBits: 15,
+    serverNoContextTakeover: true,
+    clientNoContextTakeover: true,
+    concurrencyLimit: 10,
+    chunkSize: 16384,
+    shared: true
   }),
   disabled: Object.freeze({
     enabled: false,
@@ -154,12 +182,13 @@ export const COMPRESSION_PROFILES: Readonly<Record<CompressionProfileName, Reado
     serverNoContextTakeover: false,
     clientNoContextTakeover: false,
     concurrencyLimit: 10,
-    chunkSize: 4096
+    chunkSize: 4096,
+    shared: false
   })
 })
 
 const SETTING_KEYS = Object.keys(COMPRESSION_PROFILES.default) as readonly (keyof CompressionSettings)[]
-const PROFILE_NAMES = "'default', 'high', 'fast', 'disabled', true, false or an object of settings"
+const PROFILE_NAMES = "'default', 'high', 'fast', 'shared', 'disabled', true, false or an object of settings"
 
 function checkBool (name: string, value: unknown): boolean {
   if (typeof value !== 'boolean') throw new errors.FST_WSM_OPTION_INVALID(name, `expected a boolean, got ${JSON.stringify(value)}`)
@@ -184,8 +213,19 @@ export function checkSettings (input: Record<string, unknown>, base: Readonly<Co
     serverNoContextTakeover: checkBool(`${prefix}serverNoContextTakeover`, input.serverNoContextTakeover ?? base.serverNoContextTakeover),
     clientNoContextTakeover: checkBool(`${prefix}clientNoContextTakeover`, input.clientNoContextTakeover ?? base.clientNoContextTakeover),
     concurrencyLimit: checkInt(`${prefix}concurrencyLimit`, input.concurrencyLimit ?? base.concurrencyLimit, 1, 1024),
-    chunkSize: checkInt(`${prefix}chunkSize`, input.chunkSize ?? base.chunkSize, 64, 65_536)
+    chunkSize: checkInt(`${prefix}chunkSize`, input.chunkSize ?? base.chunkSize, 64, 65_536),
+    shared: checkShared(input, base, prefix)
   }
+}
+
+function checkShared (input: Record<string, unknown>, base: Readonly<CompressionSettings>, prefix: string): boolean {
+  const shared = checkBool(`${prefix}shared`, input.shared ?? base.shared)
+  if (!shared) return false
+  // One set of bytes fits every peer only when no peer's deflate state depends on history.
+  for (const key of ['serverNoContextTakeover', 'clientNoContextTakeover'] as const) {
+    if ((input[key] ?? base[key]) !== true) throw new errors.FST_WSM_OPTION_INVALID(`${prefix}shared`, `needs ${key}: true`)
+  }
+  return true
 }
 
 /**

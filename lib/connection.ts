@@ -15,9 +15,10 @@ import type { CompressionConnectionStats, CompressionManager } from './compressi
 import { payloadSize, prepare, withCompress, type BackpressureOptions, type DeliveryCounters, type Sendable, type SendOptions, type SendResult } from './delivery'
 import { CloseCode } from './errors'
 import type { HeartbeatSettings } from './heartbeat-settings'
-import { transportOf } from './internals'
+import { canSendDeflated, independentDeflateBits, sendDeflated, transportOf } from './internals'
 import type { Bucket } from './message-limits'
 import { MessageIterator } from './iteration'
+import type { SharedDeflate } from './shared-deflate'
 import { checkTopic, type TopicRegistry } from './topics'
 import { kSocketClose, kSocketSend, kSocketTerminate } from './symbols'
 
@@ -65,6 +66,8 @@ export interface RouteSettings {
   backpressure: BackpressureOptions
   /** Payload bytes from which messages are compressed; -1 when compression is off. */
   compressThreshold: number
+  /** The shared deflate of the `shared` compression profile, else null. */
+  sharedDeflate: SharedDeflate | null
   /** Heartbeat: false when the route has none, undefined for the manager's settings, or this route's own. */
   heartbeat: HeartbeatSettings | undefined | false
   /** Idle timeout in milliseconds; 0 when off. */
@@ -137,6 +140,7 @@ interface Waiting {
   data: WebSocket.Data
   options: SendOptions | undefined
   size: number
+  deflated: Buffer | null
   resolve: ((result: SendResult) => void) | null
 }
 
@@ -211,6 +215,12 @@ export class Connection<Data extends object = Record<string, unknown>, User = Jw
   readonly settings: RouteSettings
   /** Whether permessage-deflate was negotiated and compression is on for this connection. */
   readonly compressing: boolean
+  /**
+   * @internal The peer's deflate window (2^bits) when a message deflated once for many
+   * connections fits this one (the `shared` profile, negotiated without server context
+   * takeover); -1 otherwise.
+   */
+  readonly sharedBits: number
   /** Epoch ms at which the token expires (plus grace) and the connection closes with 1008; Infinity without one. */
   get closeAt (): number {
     return this.#closeAt
@@ -252,6 +262,7 @@ export class Connection<Data extends object = Record<string, unknown>, User = Jw
     this.rateBucket = init.rateBucket
     this.compressing = init.settings.compressThreshold >= 0 && init.socket.extensions.includes('permessage-deflate')
     this.#compressThreshold = this.compressing ? init.settings.compressThreshold : -1
+    this.sharedBits = this.compressing && init.settings.sharedDeflate !== null && canSendDeflated ? independentDeflateBits(init.socket) : -1
     this.connectedAt = this.lastActivityAt = Date.now()
   }
 
@@ -302,7 +313,7 @@ export class Connection<Data extends object = Record<string, unknown>, User = Jw
    * closed with 1013): with `wantPromise` the caller gets a promise of the outcome, else
    * 'queued' at once, so a fan-out never waits on one slow reader.
    */
-  deliver (data: WebSocket.Data, options: SendOptions | undefined, wantPromise: boolean): SendResult | Promise<SendResult> {
+  deliver (data: WebSocket.Data, options: SendOptions | undefined, wantPromise: boolean, deflated: Buffer | null = null): SendResult | Promise<SendResult> {
     const backpressure = this.settings.backpressure
     if (backpressure.policy === 'wait' && this.#state === 'open' &&
       (this.#waiting !== null || this.socket.bufferedAmount > backpressure.highWaterMark)) {
@@ -315,13 +326,13 @@ export class Connection<Data extends object = Record<string, unknown>, User = Jw
       this.#waiting ??= []
       this.#watchDrain()
       if (!wantPromise) {
-        this.#waiting.push({ data, options, size, resolve: null })
+        this.#waiting.push({ data, options, size, deflated, resolve: null })
         return 'queued'
       }
       const waiting = this.#waiting
-      return new Promise((resolve) => waiting.push({ data, options, size, resolve }))
+      return new Promise((resolve) => waiting.push({ data, options, size, deflated, resolve }))
     }
-    return this.write(data, options, undefined)
+    return this.write(data, options, undefined, deflated)
   }
 
   /**
@@ -409,7 +420,7 @@ export class Connection<Data extends object = Record<string, unknown>, User = Jw
    * @internal The one path every outgoing data message takes, raw socket.send() included:
    * the 'close' and 'drop' policies, counters, compression threshold.
    */
-  write (data: WebSocket.Data, options: SendOptions | SendCallback | undefined, cb: SendCallback | undefined): SendResult {
+  write (data: WebSocket.Data, options: SendOptions | SendCallback | undefined, cb: SendCallback | undefined, deflated: Buffer | null = null): SendResult {
     if (typeof options === 'function') {
       cb = options
       options = undefined
@@ -441,6 +452,8 @@ export class Connection<Data extends object = Record<string, unknown>, User = Jw
     const threshold = this.#compressThreshold
     if (threshold < 0) {
       socket[kSocketSend](data, options, cb)
+    } else if (deflated !== null && sendDeflated(socket, deflated, (options as SendOptions | undefined)?.binary ?? typeof data !== 'string', cb)) {
+      this.#host.compression.recordSent(socket, size, true)
     } else {
       const opts = withCompress(options, size >= threshold)
       socket[kSocketSend](data, opts, cb)
@@ -671,7 +684,7 @@ export class Connection<Data extends object = Record<string, unknown>, User = Jw
         if (!closed && this.socket.bufferedAmount > this.settings.backpressure.lowWaterMark) break
         const next = waiting.shift() as Waiting
         this.#queuedBytes -= next.size
-        const result = closed ? 'closed' : this.write(next.data, next.options, undefined)
+        const result = closed ? 'closed' : this.write(next.data, next.options, undefined, next.deflated)
         next.resolve?.(result)
       }
       if (waiting.length === 0) this.#waiting = null

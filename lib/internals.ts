@@ -91,3 +91,159 @@ export function captureRejections (emitter: EventEmitter): boolean {
   ;(emitter as unknown as Record<symbol, boolean>)[kCapture] = true
   return true
 }
+
+// ---- The `shared` compression profile ---------------------------------------------------
+//
+// ws's Sender frames and queues every outgoing message of a socket; while it deflates one
+// (state DEFLATING) later sends wait in its queue, so messages keep their order. A message the
+// plugin deflated itself (once for every recipient of a broadcast) takes the same queue:
+// dispatch() with compress false frames the bytes as they are, with RSV1 set from the options.
+
+interface SenderPrivate {
+  _firstFragment?: boolean
+  _state?: number
+  _generateMask?: unknown
+  _maskBuffer?: unknown
+  _socket?: { destroyed?: boolean } | null
+  dispatch?: (data: Buffer, compress: boolean, options: object, cb: ((err?: Error) => void) | undefined) => void
+  enqueue?: (params: unknown[]) => void
+}
+
+const SenderClass = (WebSocket as unknown as { Sender: { prototype: SenderPrivate & { send: (...args: unknown[]) => void } } }).Sender
+// ws: the sender's idle state (DEFAULT in sender.js). Stable across ws 8.x.
+const SENDER_IDLE = 0
+
+// ws keys a frame's byte length under a Symbol private to sender.js; what its send() hands to
+// enqueue() shows it.
+function findByteLengthSymbol (): symbol | undefined {
+  let captured: object | undefined
+  const probe = {
+    _extensions: {},
+    _firstFragment: true,
+    _state: SENDER_IDLE + 1,
+    enqueue (params: unknown[]) { captured = params[3] as object },
+    dispatch () {}
+  }
+  try {
+    SenderClass.prototype.send.call(probe, Buffer.alloc(1), { binary: true, fin: true, mask: false, compress: false }, undefined)
+  } catch {
+    return undefined
+  }
+  return captured === undefined ? undefined : Object.getOwnPropertySymbols(captured).find((s) => s.description === 'kByteLength')
+}
+
+const kByteLength = findByteLengthSymbol()
+
+/** Whether this ws can take a message deflated by the plugin ({@link sendDeflated}). */
+export const canSendDeflated: boolean = kByteLength !== undefined &&
+  typeof SenderClass.prototype.dispatch === 'function' && typeof SenderClass.prototype.enqueue === 'function'
+
+/**
+ * Sends one whole message the plugin deflated itself (RFC 7692: the deflate output without
+ * its 00 00 ff ff tail) as a compressed frame, in order with the socket's other sends.
+ * @returns false when it could not (ws changed, or an application's fragmented send is open);
+ * the caller then sends the message the usual way.
+ */
+export function sendDeflated (ws: WebSocket, deflated: Buffer, binary: boolean, cb: ((err?: Error) => void) | undefined): boolean {
+  const sender = (ws as unknown as { _sender?: SenderPrivate })._sender
+  if (!canSendDeflated || sender === undefined || sender._firstFragment !== true || typeof sender._state !== 'number') return false
+  const options = {
+    [kByteLength as symbol]: deflated.length,
+    fin: true,
+    generateMask: sender._generateMask,
+    mask: false,
+    maskBuffer: sender._maskBuffer,
+    opcode: binary ? 2 : 1,
+    readOnly: false,
+    rsv1: true
+  }
+  const s = sender as Required<SenderPrivate>
+  if (s._state !== SENDER_IDLE) s.enqueue([s.dispatch, deflated, false, options, cb])
+  else s.dispatch(deflated, false, options, cb)
+  return true
+}
+
+type Inflight = (err: Error | null, result?: Buffer) => void
+interface DeflatePrivate {
+  params?: Record<string, unknown>
+  _isServer?: boolean
+  _deflate?: { close: () => void } | null
+  _inflate?: { close: () => void } | null
+  _compress?: (data: unknown, fin: boolean, callback: Inflight) => void
+  _decompress?: (data: Buffer, fin: boolean, callback: Inflight) => void
+}
+
+/** ws's permessage-deflate extension of a socket, when it was negotiated. */
+function deflateOf (ws: WebSocket): DeflatePrivate | undefined {
+  const extensions = (ws as unknown as { _extensions?: Record<string, DeflatePrivate> })._extensions
+  return extensions?.['permessage-deflate']
+}
+
+/**
+ * The negotiated server window of a socket whose server side resets its context after every
+ * message (server_no_context_takeover): a message deflated alone with this window (or a
+ * smaller one) is valid for its peer. -1 when there is no such extension.
+ */
+export function independentDeflateBits (ws: WebSocket): number {
+  const params = deflateOf(ws)?.params
+  if (params === undefined || params.server_no_context_takeover !== true) return -1
+  const bits = params.server_max_window_bits
+  return typeof bits === 'number' ? bits : 15
+}
+
+function closeDeflate (extension: DeflatePrivate): void {
+  if (extension._deflate == null) return
+  extension._deflate.close()
+  extension._deflate = null
+}
+
+function closeInflate (extension: DeflatePrivate): void {
+  if (extension._inflate == null) return
+  extension._inflate.close()
+  extension._inflate = null
+}
+
+let originalCompress: DeflatePrivate['_compress']
+let originalDecompress: DeflatePrivate['_decompress']
+
+// With no context takeover a zlib context carries nothing from one message to the next, yet
+// ws only resets it and keeps it (~100-300 KiB each) for the connection's life. These free a
+// context once its message is done; ws creates a new one when the next message comes.
+function compressThenFree (this: DeflatePrivate, data: unknown, fin: boolean, callback: Inflight): void {
+  const self = this
+  ;(originalCompress as NonNullable<DeflatePrivate['_compress']>).call(this, data, fin, fin
+    ? (err, result) => { closeDeflate(self); callback(err, result) }
+    : callback)
+}
+
+function decompressThenFree (this: DeflatePrivate, data: Buffer, fin: boolean, callback: Inflight): void {
+  const self = this
+  ;(originalDecompress as NonNullable<DeflatePrivate['_decompress']>).call(this, data, fin, fin
+    ? (err, result) => { closeInflate(self); callback(err, result) }
+    : callback)
+}
+
+/**
+ * Makes a socket's permessage-deflate free its zlib contexts after each message, for the sides
+ * that negotiated no context takeover (the server's deflate, the client's inflate).
+ * @returns which sides now free their context; null when the extension or ws's methods were not found.
+ */
+export function freeDeflateContexts (ws: WebSocket): { deflate: boolean, inflate: boolean } | null {
+  const extension = deflateOf(ws)
+  if (extension === undefined || extension._isServer !== true || extension.params === undefined) return null
+  const proto = Object.getPrototypeOf(extension) as DeflatePrivate
+  if (typeof proto._compress !== 'function' || typeof proto._decompress !== 'function') return null
+  originalCompress ??= proto._compress
+  originalDecompress ??= proto._decompress
+  const deflate = extension.params.server_no_context_takeover === true
+  const inflate = extension.params.client_no_context_takeover === true
+  if (deflate) extension._compress = compressThenFree
+  if (inflate) extension._decompress = decompressThenFree
+  return { deflate, inflate }
+}
+
+/** Whether the socket holds a zlib context now (for tests and the bench). */
+export function deflateContexts (ws: WebSocket): { deflate: boolean, inflate: boolean } {
+  const extension = deflateOf(ws)
+  return { deflate: extension?._deflate != null, inflate: extension?._inflate != null }
+}

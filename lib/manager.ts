@@ -4,10 +4,12 @@ import type { AuthResult } from './auth'
 import type WebSocket from 'ws'
 import { checkCloseRequest, GracefulCloseManager, type CloseRequest, type CloseResult, type CloseStats } from './close'
 import { CompressionManager, type CompressionStats } from './compression'
+import { SharedDeflate, type SharedDeflateStats } from './shared-deflate'
+import { freeDeflateContexts } from './internals'
 import { forwardingHost, type ForwardingStats } from './forward-session'
 import { checkDrainRequest, Drain, type CheckedDrain, type DrainOptions, type DrainResult } from './drain'
 import { Connection, type CloseInfo, type ConnectionHost, type HookRunner, type RouteSettings } from './connection'
-import { DeliveryCounters, prepare, type DeliveryStats, type Prepared, type Sendable } from './delivery'
+import { DeliveryCounters, payloadSize, prepare, type DeliveryStats, type Prepared, type Sendable } from './delivery'
 import { CloseCode, errors } from './errors'
 import { channels } from './diagnostics'
 import { FrameSizeValidator, type FrameSizeStats } from './frame-size'
@@ -79,7 +81,8 @@ export interface WsManagerStats {
   close: CloseStats
   heartbeat: HeartbeatManagerStats
   frames: FrameSizeStats
-  compression: CompressionStats
+  /** permessage-deflate figures; `shared`: the one-deflate-per-broadcast counts of the `shared` profile, else null. */
+  compression: CompressionStats & { shared: SharedDeflateStats | null }
   delivery: DeliveryStats
   admission: AdmissionStats
   /** Topics with a local subscriber. */
@@ -164,6 +167,8 @@ export class WsManager implements ConnectionHost {
   readonly frames: FrameSizeValidator
   /** permessage-deflate settings and statistics. */
   readonly compression: CompressionManager
+  /** @internal The one deflate of every fan-out under the `shared` profile, else null. */
+  readonly sharedDeflate: SharedDeflate | null
   /** Backpressure counters. */
   readonly delivery = new DeliveryCounters()
   /** The hooks added with addHook(), for every route. */
@@ -225,6 +230,8 @@ export class WsManager implements ConnectionHost {
     this.heartbeat = new HeartbeatManager(base === undefined ? {} : { ...base, maxDetectionTime: base.maxDetectionTime ?? undefined })
     this.frames = new FrameSizeValidator({ ...options.frameSize, log })
     this.compression = new CompressionManager({ ...options.compression, log })
+    const deflate = this.compression.settings
+    this.sharedDeflate = deflate.enabled && deflate.shared ? new SharedDeflate(deflate.level, deflate.memLevel, deflate.threshold) : null
     this.messageLimiter = options.messageRateLimit === false ? null : new MessageRateLimiter(options.messageRateLimit)
     this.topics = new TopicRegistry<Connection>(options.maxTopicsPerConnection)
     this.topicLog = options.topics === false ? null : new LocalTopicLog(options.topics.history)
@@ -447,6 +454,8 @@ export class WsManager implements ConnectionHost {
   #fanOut (targets: Iterable<Connection>, prepared: Prepared, filter: ((c: Connection) => boolean) | undefined): number {
     let count = 0
     let filterFailed = false
+    const shared = this.sharedDeflate
+    let size = -1
     for (const connection of targets) {
       if (connection.state !== 'open') continue
       if (filter !== undefined) {
@@ -460,7 +469,9 @@ export class WsManager implements ConnectionHost {
         }
         if (!pass) continue
       }
-      const result = connection.deliver(prepared.data as WebSocket.Data, prepared.options, false)
+      // The shared profile: deflated once, on the first connection that can take it.
+      const deflated = shared !== null && connection.sharedBits > 0 ? shared.deflatedFor(prepared, size < 0 ? (size = payloadSize(prepared.data as WebSocket.Data)) : size, connection.sharedBits) : null
+      const result = connection.deliver(prepared.data as WebSocket.Data, prepared.options, false, deflated)
       if (result === 'sent' || result === 'queued') count++
     }
     return count
@@ -495,7 +506,7 @@ export class WsManager implements ConnectionHost {
       close: this.closer.getStats(),
       heartbeat: this.heartbeat.getStats(),
       frames: this.frames.getStats(),
-      compression: this.compression.getStats(),
+      compression: { ...this.compression.getStats(), shared: this.sharedDeflate === null ? null : this.sharedDeflate.stats() },
       delivery: this.delivery.snapshot(),
       admission: {
         refused: { ...this.#refused },
@@ -541,6 +552,7 @@ export class WsManager implements ConnectionHost {
     return {
       backpressure: config.backpressure,
       compressThreshold: compression === null ? -1 : compression.settings.threshold,
+      sharedDeflate: compression === null ? null : this.sharedDeflate,
       heartbeat,
       idleTimeout: config.idleTimeout,
       messageHook: new InboundPipeline(this.frames, compression, this.messageLimiter, router, this.options.close.timeout, hooks),
@@ -583,7 +595,11 @@ export class WsManager implements ConnectionHost {
     this.#open++
     this.#opened++
     request.wsConnection = connection
-    if (connection.compressing) this.compression.track(socket)
+    if (connection.compressing) {
+      this.compression.track(socket)
+      // No context takeover: nothing to keep between messages, so nothing is kept.
+      if (this.sharedDeflate !== null) freeDeflateContexts(socket)
+    }
     if (settings.heartbeat !== false) {
       this.heartbeat.startHeartbeat(socket, this.#onHeartbeatTimeout, settings.heartbeat)
     }

@@ -8,7 +8,7 @@ import { IncomingMessage, ServerResponse } from 'node:http'
 import { Socket } from 'node:net'
 import WebSocket from 'ws'
 import type { Connection } from '../lib/index'
-import { captureRejections, closeFrameReceived, detachHttpResponse, guardReceiver, transportOf } from '../lib/internals'
+import { canSendDeflated, captureRejections, closeFrameReceived, detachHttpResponse, freeDeflateContexts, guardReceiver, independentDeflateBits, transportOf } from '../lib/internals'
 import { build, connect, listen, waitFor } from './helper'
 
 test("ws's _socket is the TCP socket, with Node's byte counters", async (t) => {
@@ -85,4 +85,12 @@ test("Node's EventEmitter keeps captureRejections under a Symbol described 'kCap
     assert.equal((caught as Error | null)?.message, 'rejected')
     resolve()
   }))
+})
+
+test('ws: a sender takes a message deflated by the plugin (the shared profile), in its queue', () => {
+  // sender.js's kByteLength, dispatch() and enqueue(): found, or the shared profile falls back to per-socket deflate.
+  assert.equal(canSendDeflated, true)
+  const plain = new WebSocket(null as never, undefined as never, { autoPong: true } as never)
+  assert.equal(independentDeflateBits(plain), -1)
+  assert.equal(freeDeflateContexts(plain), null)
 })
