@@ -156,7 +156,7 @@ test('25 terminals share SSH connections as the pool\'s caps say', async (t) => 
   const before = target.connectionCount()
   const peers = await Promise.all(Array.from({ length: 25 }, async () => open(t, url + '/term', token('bob'))))
   for (const peer of peers) peer.type('echo ready-$((1+1))\r')
-  await until(() => peers.every((peer) => peer.text.includes('ready-2')), 15_000, 'every shell to answer')
+  await until(() => peers.every((peer) => peer.text.includes('ready-2')), 45_000, 'every shell to answer')
   assert.equal(p.stats().connections, 3)
   assert.equal(p.stats().sessions, 25)
   assert.equal(target.connectionCount() - before, 3)
