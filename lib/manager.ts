@@ -25,6 +25,7 @@ import { checkTopic, TopicRegistry } from './topics'
 import { LocalTopicLog } from './topic-log'
 import { TrafficTotals, type RouteTraffic } from './traffic'
 import type { WsTracing } from './tracing'
+import { IdleSweeper } from './idle'
 import { LocalConnectionRegistry, type ConnectionRegistry } from './registry'
 import type { MessageRouter } from './router'
 import type { ManagedWebSocket } from './socket'
@@ -213,10 +214,10 @@ export class WsManager implements ConnectionHost {
   #expiredClosed = 0
   #authFailures = 0
   readonly #refused: Record<string, number> = {}
-  #sweepTimer: NodeJS.Timeout | null = null
-  // The sweep closes idle connections, at most a quarter of the shortest idle timeout (and
-  // never more than a second) late. Token expiry has a timer per connection instead: exact,
-  // and nothing to scan while connections sit idle.
+  // Closes idle connections, at most a quarter of the shortest idle timeout (and never more
+  // than a second) late, looking only at connections that may be due (lib/idle.ts). Token
+  // expiry has a timer per connection instead: exact, and nothing to scan.
+  #idle: IdleSweeper<Connection> | null = null
   #sweepMs = 1000
   #sweepNeeded = false
 
@@ -604,10 +605,7 @@ export class WsManager implements ConnectionHost {
       this.heartbeat.startHeartbeat(socket, this.#onHeartbeatTimeout, settings.heartbeat)
     }
     if (connection.closeAt !== Infinity) connection.expireAt(this.#onExpired)
-    if (this.#sweepNeeded && this.#sweepTimer === null) {
-      this.#sweepTimer = setInterval(this.#sweep, this.#sweepMs)
-      this.#sweepTimer.unref()
-    }
+    if (this.#sweepNeeded) (this.#idle ??= new IdleSweeper(this.#sweepMs, this.#onIdle)).add(connection)
     connection.log.info({ remoteAddress: connection.remoteAddress }, 'connection opened')
     return connection
   }
@@ -678,17 +676,10 @@ export class WsManager implements ConnectionHost {
     connection.close(CloseCode.POLICY_VIOLATION, 'Token expired').catch(noop)
   }
 
-  readonly #sweep = (): void => {
-    const now = Date.now()
-    for (const connection of this.#registry) {
-      if (connection.state !== 'open') continue
-      const idle = connection.settings.idleTimeout
-      if (idle > 0 && now - connection.lastActivityAt >= idle) {
-        this.#idleClosed++
-        connection.log.info({ idleMs: now - connection.lastActivityAt }, 'idle timeout')
-        connection.close(CloseCode.GOING_AWAY, 'Idle timeout').catch(noop)
-      }
-    }
+  readonly #onIdle = (connection: Connection, idleMs: number): void => {
+    this.#idleClosed++
+    connection.log.info({ idleMs }, 'idle timeout')
+    connection.close(CloseCode.GOING_AWAY, 'Idle timeout').catch(noop)
   }
 
   /** @internal The application is closing: refuse upgrades, close everything, wait. */
@@ -716,6 +707,7 @@ export class WsManager implements ConnectionHost {
     this.traffic.leftOpen(connection)
     // Nothing more to learn from a connection on its way out: no pings, no idle close.
     this.heartbeat.stopHeartbeat(connection.socket)
+    this.#idle?.delete(connection)
     this.topics.removeConnection(connection)
     this.#recovering.delete(connection)
     // Only open connections count against the user's cap and show in presence.
@@ -781,10 +773,7 @@ export class WsManager implements ConnectionHost {
   }
 
   #stopSweep (): void {
-    if (this.#sweepTimer !== null) {
-      clearInterval(this.#sweepTimer)
-      this.#sweepTimer = null
-    }
+    this.#idle?.stop()
   }
 
   // A publication of another node, delivered here; under a CONSUMER span child of the
