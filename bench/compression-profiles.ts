@@ -19,6 +19,12 @@
 // ms/msg is wall time for the whole run of pages through loopback (both ends in this
 // process): a rough hint of CPU cost, not a measurement of it.
 //
+// 'shared' runs as the plugin runs that profile: no context takeover either way, and each
+// connection frees its zlib contexts once a message is done (freeDeflateContexts from
+// lib/internals.ts, applied to every server socket). Its one deflate per broadcast is not
+// measured here (bench/scenarios.ts, compression scenario, does that); its ratio is the
+// same as a per-connection deflate without context takeover.
+//
 // --explore adds variants that show the trade-offs; a name ending in * is a what-if the
 // library does not implement (see Candidate.releaseIdle).
 
@@ -29,6 +35,7 @@ import type { AddressInfo } from 'node:net'
 import { parseArgs } from 'node:util'
 import WebSocket, { WebSocketServer } from 'ws'
 import { COMPRESSION_PROFILES, perMessageDeflateOptions, type CompressionSettings } from '../lib/compression-profiles'
+import { freeDeflateContexts } from '../lib/internals'
 import { feedPage } from '../test/fixtures/feed'
 
 type PmdOption = WebSocket.PerMessageDeflateOptions | boolean
@@ -42,6 +49,8 @@ interface Candidate {
    * them on the next message). Only valid with no_context_takeover both ways.
    */
   releaseIdle?: boolean
+  /** Free each zlib context after its message, as the plugin does under the shared profile (lib/internals.ts freeDeflateContexts). */
+  freeContexts?: boolean
 }
 
 interface MemoryResult {
@@ -85,7 +94,8 @@ function candidates (): Candidate[] {
     { name: 'no compression', perMessageDeflate: false },
     { name: 'default', perMessageDeflate: profile('default') },
     { name: 'high', perMessageDeflate: profile('high') },
-    { name: 'fast', perMessageDeflate: profile('fast') }
+    { name: 'fast', perMessageDeflate: profile('fast') },
+    { name: 'shared', perMessageDeflate: profile('shared'), freeContexts: true }
   ]
   if (args.explore) {
     list.push(
@@ -129,6 +139,12 @@ function release (ws: WebSocket): void {
   extensions['permessage-deflate']?.cleanup()
 }
 
+// The plugin's own call; refuses to measure anything else when it could not take effect.
+function freeAfterEachMessage (ws: WebSocket): void {
+  const sides = freeDeflateContexts(ws)
+  if (sides === null || !sides.deflate || !sides.inflate) throw new Error(`freeDeflateContexts did not apply to both sides: ${JSON.stringify(sides)}`)
+}
+
 // ---- server role: one profile, memory measured at n1 and n2 connections -----------------
 
 async function serverRole (): Promise<void> {
@@ -138,6 +154,7 @@ async function serverRole (): Promise<void> {
   let negotiated = false
   wss.on('connection', (ws) => {
     negotiated = ws.extensions.includes('permessage-deflate')
+    if (candidate.freeContexts === true) freeAfterEachMessage(ws)
     ws.once('message', () => ws.send(FIRST_PAGE, () => {
       if (candidate.releaseIdle === true) release(ws)
     }))
@@ -210,6 +227,7 @@ async function measureRatio (candidate: Candidate): Promise<{ ratio: number, fir
   const c = new WebSocket(`ws://127.0.0.1:${(wss.address() as AddressInfo).port}`)
   await once(c, 'open')
   const [s] = await connection
+  if (candidate.freeContexts === true) freeAfterEachMessage(s)
   const socket = (c as unknown as { _socket: { bytesRead: number } })._socket
   const receive = (count: number): Promise<void> => new Promise((resolve) => {
     let n = 0

@@ -17,7 +17,8 @@ export const HEARTBEAT_INTERVAL_MS = 1000
 export interface Params {
   echo: { connections: number, inFlight: number, sizes: number[], warmupMs: number, measureMs: number }
   capacity: { warmup: number, setup: number, points: number[], idleWindowMs: number, broadcasts: number, broadcastBytes: number }
-  compression: { points: number[], pageBytes: number, pages: number }
+  /** `broadcasts` of a `broadcastBytes` JSON value to every compressed connection (above every profile's threshold). */
+  compression: { points: number[], pageBytes: number, pages: number, broadcasts: number, broadcastBytes: number }
   /**
    * Windows are whole ping intervals, so a loop that pings in bursts is counted fairly.
    * `denseCpu`: also measure CPU per ping with all connections (quick runs skip it).
@@ -31,7 +32,7 @@ export interface Params {
 export const FULL: Params = {
   echo: { connections: 100, inFlight: 8, sizes: [64, 16_384], warmupMs: 600, measureMs: 1200 },
   capacity: { warmup: 500, setup: 5000, points: [5500, 7750, 10_000], idleWindowMs: 1000, broadcasts: 6, broadcastBytes: 1024 },
-  compression: { points: [500, 1250, 2000], pageBytes: 10 * 1024, pages: 50 },
+  compression: { points: [500, 1250, 2000], pageBytes: 10 * 1024, pages: 50, broadcasts: 10, broadcastBytes: 4096 },
   heartbeat: { connections: 10_000, realIntervalMs: 30_000, settleMs: 1100, cpuWindowMs: 2000, denseCpu: true, eldWindowMs: 2000 },
   slow: { connections: 4, ms: 2500, bytes: 16 * 1024, capBytes: 1024 ** 3, highWaterMark: 1024 ** 2 },
   concurrency: 200
@@ -40,7 +41,7 @@ export const FULL: Params = {
 export const QUICK: Params = {
   echo: { connections: 100, inFlight: 8, sizes: [64, 16_384], warmupMs: 200, measureMs: 400 },
   capacity: { warmup: 100, setup: 1000, points: [1100, 1550, 2000], idleWindowMs: 300, broadcasts: 5, broadcastBytes: 1024 },
-  compression: { points: [200, 350, 500], pageBytes: 10 * 1024, pages: 10 },
+  compression: { points: [200, 350, 500], pageBytes: 10 * 1024, pages: 10, broadcasts: 5, broadcastBytes: 4096 },
   heartbeat: { connections: 1500, realIntervalMs: 30_000, settleMs: 1050, cpuWindowMs: 1000, denseCpu: false, eldWindowMs: 1050 },
   slow: { connections: 4, ms: 800, bytes: 16 * 1024, capBytes: 512 * 1024 ** 2, highWaterMark: 1024 ** 2 },
   concurrency: 200
@@ -241,23 +242,45 @@ const capacity: Scenario = {
   })
 }
 
+// The systems that compress in the compression scenario; plugin (compression off) is the reference.
+const COMPRESSING: readonly SystemName[] = ['raw-ws', 'bare', 'plugin+deflate', 'plugin+shared']
+
+interface SharedCounts {
+  deflated: number
+  deliveries: number
+}
+
+// stats().compression.shared of the plugin systems (the shared profile's deflates); null elsewhere.
+async function sharedCounts (h: ServerHandle): Promise<SharedCounts | null> {
+  const stats = await h.server.call('stats', {}, 20_000) as { compression?: { shared?: SharedCounts | null } } | null
+  return stats?.compression?.shared ?? null
+}
+
 const compression: Scenario = {
   id: 'compression',
   title: 'compressed connections',
-  systems: ['raw-ws', 'bare', 'plugin', 'plugin+deflate'],
+  systems: ['raw-ws', 'bare', 'plugin', 'plugin+deflate', 'plugin+shared'],
   rounds: { full: 2, quick: 1 },
   // The baselines with ws's own default, `perMessageDeflate: true`; the plugin with its
   // default (compression off) shows what a connection costs without deflate.
   server: (system) => system === 'raw-ws' || system === 'bare' ? { system, deflate: true } : { system },
-  run: (ctx, h) => clean(ctx, h, async () => {
+  run: (ctx, h, system) => clean(ctx, h, async () => {
     const p = ctx.params.compression
+    const compressing = COMPRESSING.includes(system)
     const points: MemorySnapshot[] = []
     let open = 0
     let negotiated = 0
     for (const target of p.points) {
+      // The generator offers what browsers offer (`permessage-deflate; client_max_window_bits`);
+      // the shared profile answers with no context takeover both ways, which RFC 7692 lets a
+      // server add to any offer. Each generator frame is deflated on its own, so it is valid either way.
       const c = await connect(ctx, h, target - open, true)
+      if (compressing && c.deflate < target - open) {
+        throw new Error(`permessage-deflate was negotiated on ${c.deflate} of ${target - open} connections`)
+      }
       negotiated += c.deflate
-      // One message each way, so both zlib contexts of each new connection exist.
+      // One message each way, so both zlib contexts of each new connection exist (or, for the
+      // shared profile, existed and were freed).
       const sent = await ctx.generator.call('sendEach', { from: open, seed: 1, bytes: p.pageBytes, timeoutMs: 20_000 }, 30_000)
       if (sent.received < sent.sent) throw new Error(`only ${sent.received} of ${sent.sent} echoes arrived`)
       open = target
@@ -265,6 +288,26 @@ const compression: Scenario = {
     }
     const mem = slopes(points)
     const ratio: RatioResult = await ctx.generator.call('ratio', { pages: p.pages, bytes: p.pageBytes, timeoutMs: 5000 }, 30_000)
+
+    // A compressible JSON value broadcast to every open connection, `broadcasts` times. ws
+    // deflates on its thread pool after send() returns, so the window runs from the first
+    // send until the generator holds every delivery; process.cpuUsage() counts every thread.
+    const before = await sharedCounts(h)
+    await Promise.all([h.server.call('mark', { label: 'compressed-broadcast' }), ctx.generator.call('mark')])
+    const expected = open * p.broadcasts
+    const [b, received] = await Promise.all([
+      h.server.call('broadcast', { times: p.broadcasts, bytes: p.broadcastBytes }, 60_000) as Promise<BroadcastResult>,
+      ctx.generator.call('waitMessages', { count: expected, timeoutMs: 30_000 }, 40_000)
+    ])
+    const s = await h.server.call('measure')
+    if (b.deliveries !== expected) throw new Error(`compressed broadcast: the server sent ${b.deliveries} of ${expected} deliveries`)
+    if (received.received < expected) throw new Error(`compressed broadcast: ${received.received} of ${expected} deliveries arrived`)
+    const after = await sharedCounts(h)
+    const shared = before === null || after === null ? null : { deflated: after.deflated - before.deflated, deliveries: after.deliveries - before.deliveries }
+    if (system === 'plugin+shared' && (shared === null || shared.deliveries < expected)) {
+      throw new Error(`compressed broadcast: the shared deflate served ${shared?.deliveries ?? 0} of ${expected} deliveries`)
+    }
+
     return {
       rows: {
         compression: {
@@ -274,9 +317,16 @@ const compression: Scenario = {
           wireRatio: ratio.wire / ratio.payload,
           firstMessageRatio: ratio.firstWire / ratio.firstPayload,
           negotiatedShare: negotiated / open
+        },
+        compressedBroadcast: {
+          deliveriesPerSecond: received.received / (received.ms / 1000),
+          cpuPerDeliveryUs: s.cpuUs / expected,
+          // The broadcast loop alone; with ws's own deflate most of the work comes after it.
+          loopCpuPerDeliveryUs: b.cpuUs / expected,
+          sharedDeflates: shared === null ? null : shared.deflated
         }
       },
-      detail: { memory: points }
+      detail: { memory: points, broadcast: { loop: b, window: s, received, shared } }
     }
   })
 }

@@ -7,6 +7,8 @@
 //   plugin          Fastify + this plugin with its defaults (heartbeat on, idle timeout on,
 //                   compression off), `auth: false` until authentication is wired (HOOK(auth))
 //   plugin+deflate  the same with `compression: 'default'`
+//   plugin+shared   the same with `compression: 'shared'` (no context takeover either way, one
+//                   deflate per broadcast for all recipients, zlib contexts freed after each message)
 //   plugin+drop     the same with `backpressure: { policy: 'drop' }` (slow-consumer scenario)
 //   plugin-untraced the defaults with `tracing: false` (no @opentelemetry/api call at all)
 //   plugin+metrics  the defaults with `metrics: { endpoint: false }` (prom-client, issue 13)
@@ -32,7 +34,7 @@ const fastify = (): typeof import('fastify') => load('fastify') as typeof import
 const fastifyWebsocket = (): typeof import('@fastify/websocket') => load('@fastify/websocket') as typeof import('@fastify/websocket')
 const plugin = (): typeof import('../lib/index') => load('../lib/index') as typeof import('../lib/index')
 
-export const SYSTEMS = ['raw-ws', 'bare', 'plugin', 'plugin+deflate', 'plugin+drop', 'plugin-untraced', 'plugin+metrics', 'plugin+otel'] as const
+export const SYSTEMS = ['raw-ws', 'bare', 'plugin', 'plugin+deflate', 'plugin+shared', 'plugin+drop', 'plugin-untraced', 'plugin+metrics', 'plugin+otel'] as const
 export type SystemName = typeof SYSTEMS[number]
 
 /** What a server child is asked to build. */
@@ -104,6 +106,7 @@ function pluginLimits (): Record<string, unknown> {
 export function pluginOptions (spec: ServerSpec): Record<string, unknown> {
   const options: Record<string, unknown> = { ...pluginLimits() }
   if (spec.system === 'plugin+deflate') options.compression = 'default'
+  if (spec.system === 'plugin+shared') options.compression = 'shared'
   if (spec.system === 'plugin+drop') options.backpressure = { policy: 'drop' }
   if (spec.system === 'plugin-untraced') options.tracing = false
   if (spec.system === 'plugin+metrics') options.metrics = { endpoint: false }
