@@ -3,6 +3,7 @@
 // enough to count messages and bytes and to answer pings and closes. Nothing here allocates
 // per data frame, so a single generator core can outrun the server under test.
 
+import type { Socket } from 'node:net'
 import { deflateRawSync, constants as zlib } from 'node:zlib'
 
 /** RFC 6455 opcodes. */
@@ -70,6 +71,38 @@ export function parseUpgradeResponse (buf: Buffer): UpgradeResponse | null {
   return { status, headLength: end + 4, deflate, clientWindowBits: bits === null ? 15 : Number(bits[1]) }
 }
 
+/** The server's answer to the upgrade, complete: refused with a reason, or upgraded. */
+export type UpgradeOutcome =
+  | { error: string }
+  | {
+    error: null
+    response: UpgradeResponse
+    /** Every byte read so far: those after `response.headLength` already belong to the frame stream. */
+    bytes: Buffer
+  }
+
+/** A client connection's reading of the server's answer to the upgrade, which may come in pieces. */
+export class UpgradeHead {
+  #bytes: Buffer | null = null
+
+  /**
+   * Adds a chunk of the answer. Null while the head is incomplete; once it is complete, a
+   * refusal (any status but 101) destroys `socket` and says `HTTP <status>`.
+   */
+  add (chunk: Buffer, socket: Socket): UpgradeOutcome | null {
+    this.#bytes = this.#bytes === null ? chunk : Buffer.concat([this.#bytes, chunk])
+    const response = parseUpgradeResponse(this.#bytes)
+    if (response === null) return null
+    const bytes = this.#bytes
+    this.#bytes = null
+    if (response.status !== 101) {
+      socket.destroy()
+      return { error: `HTTP ${response.status}` }
+    }
+    return { error: null, response, bytes }
+  }
+}
+
 /** One masked client frame, ready to be written as it is, any number of times. */
 export function maskedFrame (opcode: number, payload: Buffer, compressed = false): Buffer {
   const len = payload.length
@@ -127,6 +160,24 @@ export interface FrameEvents {
 const NO_PAYLOAD = Buffer.alloc(0)
 
 /**
+ * The first bytes of one payload, gathered across the chunks it arrives in; what does not fit
+ * in `size` is skipped. A control frame's payload is gathered whole (`size` is its length).
+ */
+export class Gathered {
+  readonly bytes: Buffer
+  length = 0
+
+  constructor (size: number) {
+    this.bytes = Buffer.allocUnsafe(size)
+  }
+
+  /** Adds bytes `from` to `to` of `chunk`, as far as there is room. */
+  add (chunk: Buffer, from: number, to: number): void {
+    if (this.length < this.bytes.length) this.length += chunk.copy(this.bytes, this.length, from, to)
+  }
+}
+
+/**
  * Parses server frames incrementally. Data payloads are skipped, never copied; control
  * payloads (at most 125 bytes) are collected so a ping can be answered.
  */
@@ -143,8 +194,7 @@ export class FrameReader {
   #remaining = 0
   #fin = false
   #opcode = 0
-  #control: Buffer | null = null
-  #controlLength = 0
+  #control: Gathered | null = null
 
   constructor (events: FrameEvents) {
     this.#events = events
@@ -159,10 +209,7 @@ export class FrameReader {
     while (i < n) {
       if (this.#remaining > 0) {
         const take = Math.min(this.#remaining, n - i)
-        if (this.#control !== null) {
-          chunk.copy(this.#control, this.#controlLength, i, i + take)
-          this.#controlLength += take
-        }
+        this.#control?.add(chunk, i, i + take)
         i += take
         this.#remaining -= take
         if (this.#remaining === 0) completed += this.#endFrame()
@@ -182,10 +229,7 @@ export class FrameReader {
       else if (short === 127) length = this.#head.readUInt32BE(2) * 2 ** 32 + this.#head.readUInt32BE(6)
       this.#headLength = 0
       this.#remaining = length
-      if (this.#opcode >= 0x8) {
-        this.#control = Buffer.allocUnsafe(length)
-        this.#controlLength = 0
-      }
+      if (this.#opcode >= 0x8) this.#control = new Gathered(length)
       if (length === 0) completed += this.#endFrame()
     }
     this.messages += completed
@@ -195,7 +239,7 @@ export class FrameReader {
   #endFrame (): number {
     const opcode = this.#opcode
     if (opcode < 0x8) return this.#fin ? 1 : 0
-    const payload = this.#control ?? NO_PAYLOAD
+    const payload = this.#control?.bytes ?? NO_PAYLOAD
     this.#control = null
     if (opcode === Opcode.PING) {
       this.pings++

@@ -12,7 +12,7 @@ import { connect as tcpConnect, type Socket } from 'node:net'
 import { cpus } from 'node:os'
 import {
   buildUpgradeRequest, CLOSE_REPLY, deflateMessage, EMPTY_PONG, frameBatch, FrameReader, maskedFrame, Opcode,
-  parseUpgradeResponse, type UpgradeRequest
+  UpgradeHead, type UpgradeRequest
 } from './frames'
 import { serve, sleep } from './ipc'
 import { exactJson, feedPage } from './payloads'
@@ -103,7 +103,7 @@ class Client {
   frameLength = 0
   /** Called once when the next data message completes (ratio measurement). */
   onMessage: (() => void) | null = null
-  #head: Buffer | null = null
+  readonly #head = new UpgradeHead()
   readonly #upgrade: (ok: boolean, error: string | null) => void
 
   constructor (request: Buffer, target: UpgradeRequest, upgrade: (client: Client, ok: boolean, error: string | null) => void) {
@@ -134,21 +134,18 @@ class Client {
 
   #onData (chunk: Buffer): void {
     if (!this.upgraded) {
-      this.#head = this.#head === null ? chunk : Buffer.concat([this.#head, chunk])
-      const response = parseUpgradeResponse(this.#head)
-      if (response === null) return
-      const head = this.#head
-      this.#head = null
-      if (response.status !== 101) {
-        this.socket.destroy()
-        this.#upgrade(false, `HTTP ${response.status}`)
+      const upgrade = this.#head.add(chunk, this.socket)
+      if (upgrade === null) return
+      if (upgrade.error !== null) {
+        this.#upgrade(false, upgrade.error)
         return
       }
+      const { response, bytes } = upgrade
       this.upgraded = true
       this.deflate = response.deflate
       this.windowBits = response.clientWindowBits
       this.#upgrade(true, null)
-      if (head.length > response.headLength) this.#frames(head, response.headLength)
+      if (bytes.length > response.headLength) this.#frames(bytes, response.headLength)
       return
     }
     this.#frames(chunk, 0)

@@ -11,7 +11,7 @@
 import { build, encodeIntoCompressedBase64 } from 'hdr-histogram-js'
 import { connect as tcpConnect, type Socket } from 'node:net'
 import { nowUs } from './cluster-common'
-import { buildUpgradeRequest, CLOSE_REPLY, EMPTY_PONG, maskedFrame, Opcode, parseUpgradeResponse } from './frames'
+import { buildUpgradeRequest, CLOSE_REPLY, EMPTY_PONG, Gathered, maskedFrame, Opcode, UpgradeHead } from './frames'
 import { serve, sleep } from './ipc'
 import { sourceAddress, tokenFor, type ClientConnectArgs, type ClientConnectResult, type ClientCounts, type ClientReceived } from './scale-common'
 
@@ -29,7 +29,7 @@ class Conn {
   upgraded = false
   closed = false
   seen: Uint8Array | null = null
-  #head: Buffer | null = null
+  readonly #head = new UpgradeHead()
   #settle: ((ok: boolean, error: string | null) => void) | null
   // Frame reader state: the header being assembled, the bytes of the frame still to come.
   readonly #hdr = Buffer.allocUnsafe(14)
@@ -37,10 +37,8 @@ class Conn {
   #remaining = 0
   #opcode = 0
   #fin = false
-  #control: Buffer | null = null
-  #controlLength = 0
-  #prefix: Buffer | null = null
-  #prefixLength = 0
+  #control: Gathered | null = null
+  #prefix: Gathered | null = null
 
   constructor (port: number, localAddress: string, request: Buffer, settle: (ok: boolean, error: string | null) => void) {
     this.#settle = settle
@@ -66,19 +64,15 @@ class Conn {
       this.#frames(chunk, 0)
       return
     }
-    this.#head = this.#head === null ? chunk : Buffer.concat([this.#head, chunk])
-    const response = parseUpgradeResponse(this.#head)
-    if (response === null) return
-    const head = this.#head
-    this.#head = null
-    if (response.status !== 101) {
-      this.socket.destroy()
-      this.#done(false, `HTTP ${response.status}`)
+    const upgrade = this.#head.add(chunk, this.socket)
+    if (upgrade === null) return
+    if (upgrade.error !== null) {
+      this.#done(false, upgrade.error)
       return
     }
     this.upgraded = true
     this.#done(true, null)
-    if (head.length > response.headLength) this.#frames(head, response.headLength)
+    if (upgrade.bytes.length > upgrade.response.headLength) this.#frames(upgrade.bytes, upgrade.response.headLength)
   }
 
   #frames (chunk: Buffer, from: number): void {
@@ -88,14 +82,8 @@ class Conn {
     while (i < n) {
       if (this.#remaining > 0) {
         const take = Math.min(this.#remaining, n - i)
-        if (this.#control !== null) {
-          chunk.copy(this.#control, this.#controlLength, i, i + take)
-          this.#controlLength += take
-        } else if (this.#prefix !== null && this.#prefixLength < PREFIX) {
-          const copy = Math.min(take, PREFIX - this.#prefixLength)
-          chunk.copy(this.#prefix, this.#prefixLength, i, i + copy)
-          this.#prefixLength += copy
-        }
+        if (this.#control !== null) this.#control.add(chunk, i, i + take)
+        else this.#prefix?.add(chunk, i, i + take)
         i += take
         this.#remaining -= take
         if (this.#remaining === 0) {
@@ -118,14 +106,13 @@ class Conn {
       this.#remaining = length
       if (opcode >= 0x8) {
         this.#opcode = opcode
-        this.#control = Buffer.allocUnsafe(length)
-        this.#controlLength = 0
+        this.#control = new Gathered(length)
       } else {
         // A continuation frame keeps the message's opcode and prefix.
         if (opcode !== Opcode.CONTINUATION) {
           this.#opcode = opcode
-          this.#prefix ??= Buffer.allocUnsafe(PREFIX)
-          this.#prefixLength = 0
+          this.#prefix ??= new Gathered(PREFIX)
+          this.#prefix.length = 0
         }
         this.#control = null
       }
@@ -137,7 +124,7 @@ class Conn {
   }
 
   #endFrame (at: number): void {
-    const control = this.#control
+    const control = this.#control?.bytes ?? null
     if (control !== null) {
       this.#control = null
       if (this.#opcode === Opcode.PING) {
@@ -152,8 +139,8 @@ class Conn {
     }
     if (!this.#fin) return
     totals.messages++
-    const prefix = this.#prefix as Buffer
-    const match = STAMP.exec(prefix.toString('latin1', 0, this.#prefixLength))
+    const prefix = this.#prefix as Gathered
+    const match = STAMP.exec(prefix.bytes.toString('latin1', 0, prefix.length))
     const seq = match === null ? -1 : Number(match[2])
     if (match === null || this.seen === null || !(seq >= 0 && seq < run.expected)) {
       run.other++

@@ -11,8 +11,6 @@
 //   plugin  Fastify + @fastify/jwt + this plugin registered with no options at all: auth on,
 //           heartbeat 30 s, idle timeout, rate limits and per-IP cap at their defaults
 
-import { writeFileSync } from 'node:fs'
-import { Session } from 'node:inspector'
 import { createRequire } from 'node:module'
 import type { AddressInfo } from 'node:net'
 import { constants as perfConstants, monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks'
@@ -23,10 +21,12 @@ import { nowUs, stamped } from './cluster-common'
 import { serve, sleep } from './ipc'
 import { fileLimits, JWT_SECRET, PING_INTERVAL_MS, type BroadcastSeries, type MemoryPoint, type ScaleServerReady, type ScaleServerSpec, type SentBroadcast, type ServerWindow } from './scale-common'
 import { startSystem, type OnSocket, type SystemServer } from './servers'
+import { CpuWindows } from './shared-io'
 
 const load = createRequire(__filename)
 const spec = JSON.parse(process.argv[2] ?? '{}') as ScaleServerSpec
 const counters = { accepted: 0, closed: 0 }
+const windows = new CpuWindows(counters, { prefix: spec.profilePrefix, intervalUs: 500 })
 
 // The route handler of every system: count, and echo what arrives (nothing does here). One
 // shared listener of each kind, no closure per socket.
@@ -83,56 +83,17 @@ const gcObserver = new PerformanceObserver((list) => {
   }
 })
 let system: SystemServer
-let mark = { cpu: process.cpuUsage(), at: performance.now(), ...counters }
-let profiler: { session: Session, label: string } | null = null
-
-function post (session: Session, method: string, params: object = {}): Promise<unknown> {
-  return new Promise((resolve, reject) => session.post(method, params, (err, result) => err === null ? resolve(result) : reject(err)))
-}
-
-// The names startProfile/stopProfile are what bench/profile.ts leaves out of a summary.
-async function startProfile (label: string): Promise<void> {
-  if (spec.profilePrefix === undefined) return
-  const session = new Session()
-  session.connect()
-  await post(session, 'Profiler.enable')
-  await post(session, 'Profiler.setSamplingInterval', { interval: 500 })
-  await post(session, 'Profiler.start')
-  profiler = { session, label }
-}
-
-async function stopProfile (): Promise<void> {
-  if (profiler === null) return
-  const { session, label } = profiler
-  profiler = null
-  const { profile } = await post(session, 'Profiler.stop') as { profile: unknown }
-  session.disconnect()
-  writeFileSync(`${String(spec.profilePrefix)}-${label}.cpuprofile`, JSON.stringify(profile))
-}
 
 const api = {
   /** Starts a window: CPU and counters from now (and the profiler, when asked for). */
   async mark (args: { label?: string } = {}): Promise<true> {
-    await stopProfile()
-    await startProfile(args.label ?? 'window')
-    mark = { cpu: process.cpuUsage(), at: performance.now(), ...counters }
+    await windows.mark(args.label)
     return true
   },
 
   async measure (): Promise<ServerWindow> {
-    const d = process.cpuUsage(mark.cpu)
-    const wallMs = performance.now() - mark.at
-    await stopProfile()
-    return {
-      cpuUs: d.user + d.system,
-      systemUs: d.system,
-      wallMs,
-      open: system.clients().size,
-      accepted: counters.accepted - mark.accepted,
-      closed: counters.closed - mark.closed,
-      gc: null,
-      eld: null
-    }
+    const { cpuUs, systemUs, wallMs, accepted, closed } = await windows.measure()
+    return { cpuUs, systemUs, wallMs, open: system.clients().size, accepted, closed, gc: null, eld: null }
   },
 
   /**
@@ -212,7 +173,7 @@ const api = {
       const wait = start + seq * args.intervalMs - performance.now()
       if (wait > 0) await sleep(wait)
       if (seq === args.warmup) {
-        await startProfile('broadcast')
+        await windows.startProfile('broadcast')
         cpu = process.cpuUsage()
         at = performance.now()
       }
@@ -223,7 +184,7 @@ const api = {
     await sleep(args.intervalMs)
     const d = process.cpuUsage(cpu)
     const wallMs = performance.now() - at
-    await stopProfile()
+    await windows.stopProfile()
     return { sent, cpuUs: d.user + d.system, wallMs }
   },
 

@@ -4,13 +4,12 @@
 // threads), memory after forced garbage collection (run with --expose-gc), event-loop delay
 // from perf_hooks.monitorEventLoopDelay. The instruments cost nothing while not in use.
 
-import { writeFileSync } from 'node:fs'
-import { Session } from 'node:inspector'
 import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks'
 import type WebSocket from 'ws'
 import { serve, sleep } from './ipc'
 import { broadcastValue, exactJson } from './payloads'
 import { startSystem, type ServerSpec, type SystemServer } from './servers'
+import { CpuWindows, type CpuSpan } from './shared-io'
 
 export interface ServerReady {
   port: number
@@ -18,12 +17,7 @@ export interface ServerReady {
   pid: number
 }
 
-export interface ServerWindow {
-  /** user + system CPU microseconds over the window. */
-  cpuUs: number
-  /** Of which in the kernel (system time): syscalls, and on loopback the peer's TCP receive path too. */
-  systemUs: number
-  wallMs: number
+export interface ServerWindow extends CpuSpan {
   /** Data messages the route handler received. */
   messages: number
   /** Connections the route handler accepted. */
@@ -70,10 +64,10 @@ export interface StreamResult {
 
 const TEXT = Object.freeze({ binary: false })
 const spec = JSON.parse(process.argv[2] ?? '{}') as ServerSpec
-// With a path prefix, every measurement window (mark to measure) is CPU-profiled into
-// <prefix>-<label>.cpuprofile: the same V8 profiler as --cpu-prof, without start-up and setup.
-const profilePrefix = process.argv[3]
 const counters = { messages: 0, connections: 0 }
+// With a path prefix, every measurement window (mark to measure) is CPU-profiled into
+// <prefix>-<label>.cpuprofile.
+const windows = new CpuWindows(counters, { prefix: process.argv[3], intervalUs: 200 })
 
 // The route handler every system runs: count, echo. One shared listener, no closure per socket.
 function echo (this: WebSocket, data: WebSocket.RawData, isBinary: boolean): void {
@@ -96,32 +90,6 @@ const gcObserver = new PerformanceObserver((list) => {
   }
 })
 let system: SystemServer
-let mark = { cpu: process.cpuUsage(), at: performance.now(), ...counters }
-
-let profiler: { session: Session, label: string } | null = null
-
-function post (session: Session, method: string, params: object = {}): Promise<unknown> {
-  return new Promise((resolve, reject) => session.post(method, params, (err, result) => err === null ? resolve(result) : reject(err)))
-}
-
-async function startProfile (label: string): Promise<void> {
-  if (profilePrefix === undefined) return
-  const session = new Session()
-  session.connect()
-  await post(session, 'Profiler.enable')
-  await post(session, 'Profiler.setSamplingInterval', { interval: 200 })
-  await post(session, 'Profiler.start')
-  profiler = { session, label }
-}
-
-async function stopProfile (): Promise<void> {
-  if (profiler === null) return
-  const { session, label } = profiler
-  profiler = null
-  const { profile } = await post(session, 'Profiler.stop') as { profile: unknown }
-  session.disconnect()
-  writeFileSync(`${String(profilePrefix)}-${label}.cpuprofile`, JSON.stringify(profile))
-}
 
 function cpuUs (since: NodeJS.CpuUsage): number {
   const d = process.cpuUsage(since)
@@ -144,23 +112,12 @@ async function held (): Promise<number> {
 
 const api = {
   async mark (args: { label?: string } = {}): Promise<true> {
-    await stopProfile()
-    await startProfile(args.label ?? 'window')
-    mark = { cpu: process.cpuUsage(), at: performance.now(), ...counters }
+    await windows.mark(args.label)
     return true
   },
 
-  async measure (): Promise<ServerWindow> {
-    const d = process.cpuUsage(mark.cpu)
-    const wallMs = performance.now() - mark.at
-    await stopProfile()
-    return {
-      cpuUs: d.user + d.system,
-      systemUs: d.system,
-      wallMs,
-      messages: counters.messages - mark.messages,
-      connections: counters.connections - mark.connections
-    }
+  measure (): Promise<ServerWindow> {
+    return windows.measure()
   },
 
   /**
