@@ -16,7 +16,7 @@ export interface Envelope {
 export type Header =
   | { n: string, k: 'u', u: string, b: boolean, p?: string }
   | { n: string, k: 'b', r: string | null, b: boolean, p?: string }
-  | { n: string, k: 't', t: string, b: boolean, p?: string, o?: number }
+  | { n: string, k: 't', t: string, b: boolean, p?: string, o?: number, e?: string }
   | { n: string, k: 'd', u: string, q: string, c: number, r: string, o: number }
   | { n: string, k: 'x', ids: string[], c: number, r: string }
   | { n: string, k: 'a', q: string, res: unknown[] }
@@ -52,7 +52,7 @@ export function decode (message: Buffer): Envelope | null {
   switch (h.k) {
     case 'u': if (typeof h.u !== 'string' || typeof h.b !== 'boolean') return null; break
     case 'b': if ((h.r !== null && typeof h.r !== 'string') || typeof h.b !== 'boolean') return null; break
-    case 't': if (typeof h.t !== 'string' || typeof h.b !== 'boolean' || (h.o !== undefined && (typeof h.o !== 'number' || !Number.isSafeInteger(h.o)))) return null; break
+    case 't': if (typeof h.t !== 'string' || typeof h.b !== 'boolean' || (h.o !== undefined && (typeof h.o !== 'number' || !Number.isSafeInteger(h.o))) || (h.e !== undefined && typeof h.e !== 'string')) return null; break
     case 'd': if (typeof h.u !== 'string' || typeof h.q !== 'string' || typeof h.c !== 'number' || typeof h.r !== 'string' || typeof h.o !== 'number') return null; break
     case 'x': if (!Array.isArray(h.ids) || !h.ids.every((id) => typeof id === 'string') || typeof h.c !== 'number' || typeof h.r !== 'string') return null; break
     case 'a': if (typeof h.q !== 'string' || !Array.isArray(h.res)) return null; break
@@ -279,7 +279,7 @@ if tonumber(ARGV[4]) > 0 then
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
-local header = '{"n":' .. ARGV[7] .. ',"k":"t","t":' .. ARGV[1] .. ',"b":false,"o":' .. offset .. '}'
+local header = '{"n":' .. ARGV[7] .. ',"k":"t","t":' .. ARGV[1] .. ',"b":false,"o":' .. offset .. ',"e":"' .. epoch .. '"}'
 local len = #header
 local envelope = string.char(1, math.floor(len / 16777216) % 256, math.floor(len / 65536) % 256, math.floor(len / 256) % 256, len % 256) .. header .. frame
 if ARGV[8] == 'sharded' then redis.call('SPUBLISH', ARGV[6], envelope) else redis.call('PUBLISH', ARGV[6], envelope) end

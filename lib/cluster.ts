@@ -67,7 +67,7 @@ export interface ClusterHost {
   /** Deliver a payload from another node to local connections. */
   deliverToUser (userId: string, payload: Buffer, binary: boolean, traceparent: string | undefined): void
   deliverToRoute (route: string | null, payload: Buffer, binary: boolean, traceparent: string | undefined): void
-  deliverToTopic (topic: string, payload: Buffer, binary: boolean, traceparent: string | undefined, offset: number | undefined): void
+  deliverToTopic (topic: string, payload: Buffer, binary: boolean, traceparent: string | undefined, offset: number | undefined, epoch: string | undefined): void
   /** Closes a user's local connections; rejects on a bad code or reason. */
   disconnectLocal (userId: string, code: number, reason: string, timeout: number): Promise<CloseResult[]>
   /** Closes local connections by id (closeOldest from another node). */
@@ -565,7 +565,7 @@ export class Cluster implements TopicListener {
     switch (header.k) {
       case 'u': return this.#host.deliverToUser(header.u, envelope.payload, header.b, header.p)
       case 'b': return this.#host.deliverToRoute(header.r, envelope.payload, header.b, header.p)
-      case 't': return this.#host.deliverToTopic(header.t, envelope.payload, header.b, header.p, header.o)
+      case 't': return this.#host.deliverToTopic(header.t, envelope.payload, header.b, header.p, header.o, header.e)
       case 'x': return this.#host.closeLocal(header.ids, header.c, header.r)
       case 'd': {
         const origin = header.n

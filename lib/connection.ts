@@ -12,10 +12,10 @@ import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type WebSocket from 'ws'
 import { checkCloseRequest, TERMINATE_GRACE_MS, type CloseResult, type GracefulCloseManager } from './close'
 import type { CompressionConnectionStats, CompressionManager } from './compression'
-import { payloadSize, prepare, withCompress, type BackpressureOptions, type DeliveryCounters, type Sendable, type SendOptions, type SendResult } from './delivery'
+import { payloadSize, prepare, withCompress, type BackpressureOptions, type DeliveryCounters, type Prepared, type Sendable, type SendOptions, type SendResult } from './delivery'
 import { CloseCode } from './errors'
 import type { HeartbeatSettings } from './heartbeat-settings'
-import { canSendDeflated, independentDeflateBits, sendDeflated, transportOf } from './internals'
+import { canSendDeflated, independentDeflateBits, sendFrame, transportOf } from './internals'
 import type { Bucket } from './message-limits'
 import { MessageIterator } from './iteration'
 import type { SharedDeflate } from './shared-deflate'
@@ -140,7 +140,8 @@ interface Waiting {
   data: WebSocket.Data
   options: SendOptions | undefined
   size: number
-  deflated: Buffer | null
+  /** The prepared message of a fan-out, for the shared deflate; null for anything else. */
+  prepared: Prepared | null
   resolve: ((result: SendResult) => void) | null
 }
 
@@ -313,7 +314,7 @@ export class Connection<Data extends object = Record<string, unknown>, User = Jw
    * closed with 1013): with `wantPromise` the caller gets a promise of the outcome, else
    * 'queued' at once, so a fan-out never waits on one slow reader.
    */
-  deliver (data: WebSocket.Data, options: SendOptions | undefined, wantPromise: boolean, deflated: Buffer | null = null): SendResult | Promise<SendResult> {
+  deliver (data: WebSocket.Data, options: SendOptions | undefined, wantPromise: boolean, prepared: Prepared | null = null): SendResult | Promise<SendResult> {
     const backpressure = this.settings.backpressure
     if (backpressure.policy === 'wait' && this.#state === 'open' &&
       (this.#waiting !== null || this.socket.bufferedAmount > backpressure.highWaterMark)) {
@@ -326,13 +327,13 @@ export class Connection<Data extends object = Record<string, unknown>, User = Jw
       this.#waiting ??= []
       this.#watchDrain()
       if (!wantPromise) {
-        this.#waiting.push({ data, options, size, deflated, resolve: null })
+        this.#waiting.push({ data, options, size, prepared, resolve: null })
         return 'queued'
       }
       const waiting = this.#waiting
-      return new Promise((resolve) => waiting.push({ data, options, size, deflated, resolve }))
+      return new Promise((resolve) => waiting.push({ data, options, size, prepared, resolve }))
     }
-    return this.write(data, options, undefined, deflated)
+    return this.write(data, options, undefined, prepared)
   }
 
   /**
@@ -418,9 +419,11 @@ export class Connection<Data extends object = Record<string, unknown>, User = Jw
 
   /**
    * @internal The one path every outgoing data message takes, raw socket.send() included:
-   * the 'close' and 'drop' policies, counters, compression threshold.
+   * the 'close' and 'drop' policies, counters, compression threshold. `prepared` is the
+   * message of a fan-out (data is its payload), which the shared profile deflates once for
+   * every recipient, and only for one the policies let through.
    */
-  write (data: WebSocket.Data, options: SendOptions | SendCallback | undefined, cb: SendCallback | undefined, deflated: Buffer | null = null): SendResult {
+  write (data: WebSocket.Data, options: SendOptions | SendCallback | undefined, cb: SendCallback | undefined, prepared: Prepared | null = null): SendResult {
     if (typeof options === 'function') {
       cb = options
       options = undefined
@@ -452,7 +455,7 @@ export class Connection<Data extends object = Record<string, unknown>, User = Jw
     const threshold = this.#compressThreshold
     if (threshold < 0) {
       socket[kSocketSend](data, options, cb)
-    } else if (deflated !== null && sendDeflated(socket, deflated, (options as SendOptions | undefined)?.binary ?? typeof data !== 'string', cb)) {
+    } else if (prepared !== null && this.sharedBits > 0 && this.#sendShared(prepared, size, options as SendOptions | undefined, cb)) {
       this.#host.compression.recordSent(socket, size, true)
     } else {
       const opts = withCompress(options, size >= threshold)
@@ -460,6 +463,17 @@ export class Connection<Data extends object = Record<string, unknown>, User = Jw
       this.#host.compression.recordSent(socket, size, opts.compress === true)
     }
     return 'sent'
+  }
+
+  // The shared profile's frame for this peer's window, deflated on the first recipient that
+  // takes it; false when ws must send the message itself (below the threshold, a Blob, or
+  // ws's internals not found).
+  #sendShared (prepared: Prepared, size: number, options: SendOptions | undefined, cb: SendCallback | undefined): boolean {
+    const shared = this.settings.sharedDeflate
+    const frame = shared === null ? null : shared.frameFor(prepared, size, this.sharedBits, options?.binary ?? typeof prepared.data !== 'string')
+    if (frame === null || !sendFrame(this.socket, frame, cb)) return false
+    ;(shared as SharedDeflate).delivered()
+    return true
   }
 
   /**
@@ -684,7 +698,7 @@ export class Connection<Data extends object = Record<string, unknown>, User = Jw
         if (!closed && this.socket.bufferedAmount > this.settings.backpressure.lowWaterMark) break
         const next = waiting.shift() as Waiting
         this.#queuedBytes -= next.size
-        const result = closed ? 'closed' : this.write(next.data, next.options, undefined, next.deflated)
+        const result = closed ? 'closed' : this.write(next.data, next.options, undefined, next.prepared)
         next.resolve?.(result)
       }
       if (waiting.length === 0) this.#waiting = null

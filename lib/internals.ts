@@ -2,6 +2,7 @@
 // and test/internals.test.ts fails loudly when a field changes shape in a new version.
 import { EventEmitter } from 'node:events'
 import WebSocket from 'ws'
+import { copyIfSparse } from './shared-deflate'
 
 /** The transport under a ws socket: a net.Socket (or tls.TLSSocket), a Duplex for injectWS(). */
 export interface Transport extends NodeJS.EventEmitter {
@@ -95,9 +96,10 @@ export function captureRejections (emitter: EventEmitter): boolean {
 // ---- The `shared` compression profile ---------------------------------------------------
 //
 // ws's Sender frames and queues every outgoing message of a socket; while it deflates one
-// (state DEFLATING) later sends wait in its queue, so messages keep their order. A message the
-// plugin deflated itself (once for every recipient of a broadcast) takes the same queue:
-// dispatch() with compress false frames the bytes as they are, with RSV1 set from the options.
+// (state DEFLATING) later sends wait in its queue, so messages keep their order. A frame the
+// plugin built itself (deflated once for every recipient of a broadcast) takes the same queue:
+// sendFrame() writes it as it is, and while the sender is busy it waits in the queue, counted
+// in bufferedAmount like ws's own queued sends.
 
 interface SenderPrivate {
   _firstFragment?: boolean
@@ -107,6 +109,7 @@ interface SenderPrivate {
   _socket?: { destroyed?: boolean } | null
   dispatch?: (data: Buffer, compress: boolean, options: object, cb: ((err?: Error) => void) | undefined) => void
   enqueue?: (params: unknown[]) => void
+  sendFrame?: (list: Buffer[], cb: ((err?: Error) => void) | undefined) => void
 }
 
 const SenderClass = (WebSocket as unknown as { Sender: { prototype: SenderPrivate & { send: (...args: unknown[]) => void } } }).Sender
@@ -136,30 +139,21 @@ const kByteLength = findByteLengthSymbol()
 
 /** Whether this ws can take a message deflated by the plugin ({@link sendDeflated}). */
 export const canSendDeflated: boolean = kByteLength !== undefined &&
-  typeof SenderClass.prototype.dispatch === 'function' && typeof SenderClass.prototype.enqueue === 'function'
+  typeof SenderClass.prototype.sendFrame === 'function' && typeof SenderClass.prototype.enqueue === 'function'
 
 /**
- * Sends one whole message the plugin deflated itself (RFC 7692: the deflate output without
- * its 00 00 ff ff tail) as a compressed frame, in order with the socket's other sends.
+ * Sends one whole frame the plugin built itself (a server's frame, unmasked: for the shared
+ * profile, a message deflated once with RSV1 set), in order with the socket's other sends.
  * @returns false when it could not (ws changed, or an application's fragmented send is open);
  * the caller then sends the message the usual way.
  */
-export function sendDeflated (ws: WebSocket, deflated: Buffer, binary: boolean, cb: ((err?: Error) => void) | undefined): boolean {
+export function sendFrame (ws: WebSocket, frame: Buffer, cb: ((err?: Error) => void) | undefined): boolean {
   const sender = (ws as unknown as { _sender?: SenderPrivate })._sender
   if (!canSendDeflated || sender === undefined || sender._firstFragment !== true || typeof sender._state !== 'number') return false
-  const options = {
-    [kByteLength as symbol]: deflated.length,
-    fin: true,
-    generateMask: sender._generateMask,
-    mask: false,
-    maskBuffer: sender._maskBuffer,
-    opcode: binary ? 2 : 1,
-    readOnly: false,
-    rsv1: true
-  }
   const s = sender as Required<SenderPrivate>
-  if (s._state !== SENDER_IDLE) s.enqueue([s.dispatch, deflated, false, options, cb])
-  else s.dispatch(deflated, false, options, cb)
+  // dequeue() reads the byte count of an entry from its fourth element.
+  if (s._state !== SENDER_IDLE) s.enqueue([s.sendFrame, [frame], cb, { [kByteLength as symbol]: frame.length }])
+  else s.sendFrame([frame], cb)
   return true
 }
 
@@ -209,10 +203,13 @@ let originalDecompress: DeflatePrivate['_decompress']
 // With no context takeover a zlib context carries nothing from one message to the next, yet
 // ws only resets it and keeps it (~100-300 KiB each) for the connection's life. These free a
 // context once its message is done; ws creates a new one when the next message comes.
+// A fresh context also means a fresh 16 KiB output chunk per message: a short frame is copied
+// out of it, or a peer that stops reading would hold a chunk per queued frame while the
+// backpressure policy sees only the frame.
 function compressThenFree (this: DeflatePrivate, data: unknown, fin: boolean, callback: Inflight): void {
   const self = this
   ;(originalCompress as NonNullable<DeflatePrivate['_compress']>).call(this, data, fin, fin
-    ? (err, result) => { closeDeflate(self); callback(err, result) }
+    ? (err, result) => { closeDeflate(self); callback(err, result === undefined ? result : copyIfSparse(result)) }
     : callback)
 }
 

@@ -9,7 +9,7 @@ import { freeDeflateContexts } from './internals'
 import { forwardingHost, type ForwardingStats } from './forward-session'
 import { checkDrainRequest, Drain, type CheckedDrain, type DrainOptions, type DrainResult } from './drain'
 import { Connection, type CloseInfo, type ConnectionHost, type HookRunner, type RouteSettings } from './connection'
-import { DeliveryCounters, payloadSize, prepare, type DeliveryStats, type Prepared, type Sendable } from './delivery'
+import { DeliveryCounters, prepare, type DeliveryStats, type Prepared, type Sendable } from './delivery'
 import { CloseCode, errors } from './errors'
 import { channels } from './diagnostics'
 import { FrameSizeValidator, type FrameSizeStats } from './frame-size'
@@ -455,8 +455,8 @@ export class WsManager implements ConnectionHost {
   #fanOut (targets: Iterable<Connection>, prepared: Prepared, filter: ((c: Connection) => boolean) | undefined): number {
     let count = 0
     let filterFailed = false
-    const shared = this.sharedDeflate
-    let size = -1
+    // The shared profile deflates it in write(), once, for the first recipient that takes it.
+    const forShared = this.sharedDeflate === null ? null : prepared
     for (const connection of targets) {
       if (connection.state !== 'open') continue
       if (filter !== undefined) {
@@ -470,9 +470,7 @@ export class WsManager implements ConnectionHost {
         }
         if (!pass) continue
       }
-      // The shared profile: deflated once, on the first connection that can take it.
-      const deflated = shared !== null && connection.sharedBits > 0 ? shared.deflatedFor(prepared, size < 0 ? (size = payloadSize(prepared.data as WebSocket.Data)) : size, connection.sharedBits) : null
-      const result = connection.deliver(prepared.data as WebSocket.Data, prepared.options, false, deflated)
+      const result = connection.deliver(prepared.data as WebSocket.Data, prepared.options, false, forShared)
       if (result === 'sent' || result === 'queued') count++
     }
     return count
@@ -626,11 +624,15 @@ export class WsManager implements ConnectionHost {
       topics = new Map()
       this.#recovering.set(connection, topics)
     }
-    topics.set(topic, { waiting: [], through: 0 })
+    topics.set(topic, { waiting: [], through: 0, epoch: undefined })
   }
 
-  /** @internal Sends what waited, past `lastSent`, in order; live delivery resumes past it. */
-  endRecovery (connection: Connection, topic: string, lastSent: number): void {
+  /**
+   * @internal Sends what waited, past `lastSent` of the replay's `epoch`, in order; live
+   * delivery resumes past it. A message of another epoch (the topic expired or Redis lost it
+   * since the replay was read) is newer than the whole replay and always goes out.
+   */
+  endRecovery (connection: Connection, topic: string, lastSent: number, epoch?: string): void {
     const topics = this.#recovering.get(connection)
     const entry = topics?.get(topic)
     if (topics === undefined || entry === undefined || entry.waiting === null) return
@@ -640,19 +642,28 @@ export class WsManager implements ConnectionHost {
       this.#forgetRecovery(connection, topics, topic)
       return
     }
-    waiting.sort((a, b) => a.offset - b.offset)
+    const same = waiting.filter((w) => sameEpoch(w.epoch, epoch))
+    same.sort((a, b) => a.offset - b.offset)
     let last = lastSent
-    for (const { offset, frame } of waiting) {
+    for (const { offset, frame } of same) {
       if (offset <= last) continue
       last = offset
       connection.deliver(frame, TEXT_FRAME, false)
     }
+    // A later epoch's, in the order they came.
+    let newer = false
+    for (const w of waiting) {
+      if (sameEpoch(w.epoch, epoch)) continue
+      newer = true
+      connection.deliver(w.frame, TEXT_FRAME, false)
+    }
     // Something past the replay already came live: later ones come after it, in order.
-    if (last > lastSent || lastSent === 0) {
+    if (last > lastSent || lastSent === 0 || newer) {
       this.#forgetRecovery(connection, topics, topic)
       return
     }
     entry.through = lastSent
+    entry.epoch = epoch
     // Held ones were published before the replay was read, so they are due within a round trip;
     // a quiet topic must not keep every delivery to it on the slow path.
     setTimeout(() => { if (topics.get(topic) === entry) this.#forgetRecovery(connection, topics, topic) }, RECOVERY_OVERLAP).unref()
@@ -804,7 +815,7 @@ export class WsManager implements ConnectionHost {
       const targets = route === null ? this.#registry : this.#registry.byRoute(route)
       this.#deliverRemote('ws.deliver', traceparent, route === null ? {} : { 'messaging.destination.name': route }, targets, payload, binary)
     },
-    deliverToTopic: (topic, payload, binary, traceparent, offset) => {
+    deliverToTopic: (topic, payload, binary, traceparent, offset, epoch) => {
       const subscribers = this.topics.subscribers(topic)
       if (subscribers === undefined) return
       if (offset !== undefined && this.#recovering.size > 0) {
@@ -813,8 +824,8 @@ export class WsManager implements ConnectionHost {
           const topics = this.#recovering.get(connection)
           const entry = topics?.get(topic)
           if (topics === undefined || entry === undefined) live.push(connection)
-          else if (entry.waiting !== null) entry.waiting.push({ offset, frame: payload })
-          else if (offset > entry.through) {
+          else if (entry.waiting !== null) entry.waiting.push({ offset, epoch, frame: payload })
+          else if (offset > entry.through || !sameEpoch(epoch, entry.epoch)) {
             this.#forgetRecovery(connection, topics, topic)
             live.push(connection)
           }
@@ -846,8 +857,15 @@ export class WsManager implements ConnectionHost {
 
 /** A subscription in recovery: live messages wait (`waiting`), or, replay sent, those up to `through` are dropped. */
 interface Recovering {
-  waiting: Array<{ offset: number, frame: Buffer }> | null
+  waiting: Array<{ offset: number, epoch: string | undefined, frame: Buffer }> | null
   through: number
+  /** The replay's epoch; offsets of another epoch are not comparable with `through`. */
+  epoch: string | undefined
+}
+
+// Undefined on either side (a node of an earlier version sends no epoch) compares by offset alone.
+function sameEpoch (a: string | undefined, b: string | undefined): boolean {
+  return a === undefined || b === undefined || a === b
 }
 
 /** How long after a replay a live duplicate of its last messages is still looked for. */

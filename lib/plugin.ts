@@ -446,7 +446,7 @@ async function wsManagerPlugin (fastify: FastifyInstance, input: WsManagerOption
       answer.recovered = held
       connection.send(answer)
       if (held && since !== undefined) for (const frame of state.frames) connection.send(frame)
-      manager.endRecovery(connection, topic, state.offset)
+      manager.endRecovery(connection, topic, state.offset, state.epoch)
       return ANSWERED
     } catch (err) {
       manager.endRecovery(connection, topic, 0)

@@ -17,6 +17,18 @@ type ByBits = Array<Buffer | null | undefined>
 
 const kDeflated = Symbol('fastify-ws-manager.deflated')
 
+/**
+ * The bytes in a buffer of their own when they fill less than half of the memory they keep
+ * alive; as they are otherwise.
+ */
+export function copyIfSparse (bytes: Buffer): Buffer {
+  if (bytes.buffer.byteLength <= 2 * bytes.length + 64) return bytes
+  // Not from Buffer's shared 8 KiB pool: a queued frame would pin a whole slab of it.
+  const copy = Buffer.allocUnsafeSlow(bytes.length)
+  bytes.copy(copy)
+  return copy
+}
+
 /** What one shared deflate costs and saves, for stats(). */
 export interface SharedDeflateStats {
   /** Messages deflated once for several recipients. */
@@ -44,11 +56,12 @@ export class SharedDeflate {
   }
 
   /**
-   * The deflated bytes of a prepared message for peers with a window of 2^bits, made on first
-   * use and kept on the prepared message for the rest of its fan-out; null when the message
-   * cannot be deflated here (a Blob) or is below the threshold.
+   * The whole compressed frame (header and deflated payload, RSV1 set) of a prepared message
+   * for peers with a window of 2^bits, made on first use and kept on the prepared message for
+   * the rest of its fan-out: every recipient's socket writes the same buffer. Null when the
+   * message cannot be deflated here (a Blob) or is below the threshold.
    */
-  deflatedFor (prepared: Prepared, size: number, bits: number): Buffer | null {
+  frameFor (prepared: Prepared, size: number, bits: number, binary: boolean): Buffer | null {
     if (size < this.threshold) return null
     let byBits = (prepared as Prepared & { [kDeflated]?: ByBits })[kDeflated]
     if (byBits === undefined) {
@@ -57,25 +70,46 @@ export class SharedDeflate {
     }
     let out = byBits[bits]
     if (out === undefined) {
-      out = this.#deflate(prepared.data, bits)
+      out = this.#deflate(prepared.data, bits, binary)
       byBits[bits] = out
     }
-    if (out !== null) this.#deliveries++
     return out
   }
 
-  #deflate (data: unknown, bits: number): Buffer | null {
+  /** One compressed frame went out from a shared deflate. */
+  delivered (): void {
+    this.#deliveries++
+  }
+
+  #deflate (data: unknown, bits: number, binary: boolean): Buffer | null {
     let input: Buffer
     if (Buffer.isBuffer(data)) input = data
     else if (data instanceof ArrayBuffer) input = Buffer.from(data)
     else if (ArrayBuffer.isView(data)) input = Buffer.from(data.buffer, data.byteOffset, data.byteLength)
     else return null
     const raw = deflateRawSync(input, { level: this.#level, memLevel: this.#memLevel, windowBits: bits, finishFlush: constants.Z_SYNC_FLUSH })
-    const out = raw.subarray(0, raw.length - TAIL)
+    const length = raw.length - TAIL
     this.#deflated++
     this.#bytesIn += input.length
-    this.#bytesOut += out.length
-    return out
+    this.#bytesOut += length
+    // One buffer of its own for the frame: zlib's output sits in a 16 KiB chunk, and a pooled
+    // header would pin an 8 KiB slab; either would stay alive while the frame waits in a slow
+    // peer's queue, unseen by the backpressure accounting.
+    const header = length < 126 ? 2 : length < 65536 ? 4 : 10
+    const frame = Buffer.allocUnsafeSlow(header + length)
+    frame[0] = 0x80 | 0x40 | (binary ? 0x02 : 0x01) // FIN, RSV1 (compressed), opcode
+    if (header === 2) {
+      frame[1] = length
+    } else if (header === 4) {
+      frame[1] = 126
+      frame.writeUInt16BE(length, 2)
+    } else {
+      frame[1] = 127
+      frame.writeUIntBE(0, 2, 2)
+      frame.writeUIntBE(length, 4, 6)
+    }
+    raw.copy(frame, header, 0, length)
+    return frame
   }
 
   stats (): SharedDeflateStats {
